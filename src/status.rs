@@ -1,0 +1,360 @@
+//! The run status (`runs/<id>/status.json`), the end reasons, GPU samples, the cost
+//! receipt, and the launcher's stop request.
+//!
+//! Compatibility: unlike the spec, unknown fields in a status are **kept** (in `extra`)
+//! and written back: a status is read by launchers of any version, and an older one must
+//! still show a newer agent's status without losing what it does not understand.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::billing::Receipt;
+use crate::run_id::RunId;
+
+/// The status schema this build writes.
+pub const STATUS_SCHEMA: u32 = 1;
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The launcher wrote the spec and asked for a VM; no agent has reported yet.
+    Launching,
+    /// The agent is pulling the code.
+    Pulling,
+    /// The setup command runs.
+    Setup,
+    /// The job runs.
+    Running,
+    /// A stop was decided: the job is being signalled and outputs synced.
+    Stopping,
+    /// The run is over; `end` says why.
+    Ended,
+}
+
+impl Phase {
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        self == Phase::Ended
+    }
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The job exited with status 0.
+    Succeeded,
+    /// The job exited non-zero or was killed by a signal.
+    Failed,
+    /// Every GPU was idle for the idle window.
+    GpuIdle,
+    /// No output line and no changed output file for the stall window.
+    Stalled,
+    /// The billed cost reached the budget.
+    Budget,
+    /// The run reached its time limit.
+    MaxTime,
+    /// The Spot VM was preempted.
+    Preempted,
+    /// The launcher asked the run to stop.
+    Stopped,
+    /// The setup command failed; the job never started.
+    SetupFailed,
+    /// The code could not be pulled or verified.
+    PullFailed,
+    /// The agent was restarted and the job was no longer running.
+    Lost,
+    /// The agent hit an error it could not recover from.
+    AgentError,
+}
+
+impl EndReason {
+    /// Exit code of `cloudrun-launch --follow` / `status --wait` for a run that ended this
+    /// way, so scripts can branch on it: 0 only for success.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            EndReason::Succeeded => 0,
+            EndReason::Failed => 1,
+            EndReason::SetupFailed | EndReason::PullFailed => 3,
+            EndReason::GpuIdle | EndReason::Stalled => 4,
+            EndReason::Budget | EndReason::MaxTime => 5,
+            EndReason::Preempted => 6,
+            EndReason::Stopped => 7,
+            EndReason::Lost | EndReason::AgentError => 8,
+        }
+    }
+
+    /// A short phrase for tables and receipts.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::Succeeded => "job succeeded",
+            EndReason::Failed => "job failed",
+            EndReason::GpuIdle => "GPU idle",
+            EndReason::Stalled => "stalled (no output)",
+            EndReason::Budget => "budget spent",
+            EndReason::MaxTime => "time limit reached",
+            EndReason::Preempted => "preempted",
+            EndReason::Stopped => "stopped on request",
+            EndReason::SetupFailed => "setup failed",
+            EndReason::PullFailed => "code pull failed",
+            EndReason::Lost => "job lost (agent restarted)",
+            EndReason::AgentError => "agent error",
+        }
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndInfo {
+    pub reason: EndReason,
+    /// The job's exit code, when it exited on its own.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal that ended the job, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// One line for people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One reading of one GPU. `None` is "unknown" (`[N/A]`, `[Not Supported]`, garbage),
+/// never 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GpuReading {
+    pub index: u32,
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub name: String,
+    pub util_gpu_pct: Option<f64>,
+    #[serde(default)]
+    pub util_mem_pct: Option<f64>,
+    #[serde(default)]
+    pub mem_used_mib: Option<f64>,
+    #[serde(default)]
+    pub mem_total_mib: Option<f64>,
+    #[serde(default)]
+    pub power_w: Option<f64>,
+    #[serde(default)]
+    pub temp_c: Option<f64>,
+}
+
+/// One `nvidia-smi` sample of every GPU, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub gpus: Vec<GpuReading>,
+    /// Set when the sample is unknown: nvidia-smi failed, timed out or printed garbage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The instance a run lives on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRef {
+    pub project: String,
+    pub zone: String,
+    pub name: String,
+}
+
+/// What became of the VM at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmFate {
+    /// The delete call was accepted.
+    Deleted,
+    /// Every delete failed; the VM was powered off (the boot disk still bills until
+    /// `maxRunDuration` deletes the VM, or `sweep` does).
+    PoweredOff,
+    /// A local run: the agent process exited.
+    LocalExit,
+}
+
+/// `runs/<id>/status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub schema: u32,
+    pub run_id: RunId,
+    pub phase: Phase,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub launched_at: Option<DateTime<Utc>>,
+    /// When the agent first started on the VM (billing starts about here).
+    #[serde(default)]
+    pub agent_started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub job_started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub instance: Option<InstanceRef>,
+    #[serde(default)]
+    pub last_gpu: Option<GpuSample>,
+    /// Set when the GPU idle policy is off and why ("no GPU found: idle policy off").
+    #[serde(default)]
+    pub gpu_note: Option<String>,
+    /// Billed seconds so far (1-minute minimum).
+    #[serde(default)]
+    pub billed_secs: u64,
+    #[serde(default)]
+    pub usd_per_hour: f64,
+    /// Cost so far in US dollars.
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// When the job last printed a line.
+    #[serde(default)]
+    pub last_output_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub end: Option<EndInfo>,
+    #[serde(default)]
+    pub receipt: Option<Receipt>,
+    /// A boot disk kept because the final sync could not be verified.
+    #[serde(default)]
+    pub kept_disk: Option<String>,
+    #[serde(default)]
+    pub vm: Option<VmFate>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Fields written by a newer agent, kept as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl RunStatus {
+    /// The status a launcher writes right after asking for the VM.
+    pub fn launching(run_id: RunId, now: DateTime<Utc>, usd_per_hour: f64) -> Self {
+        RunStatus {
+            schema: STATUS_SCHEMA,
+            run_id,
+            phase: Phase::Launching,
+            updated_at: now,
+            launched_at: Some(now),
+            agent_started_at: None,
+            job_started_at: None,
+            ended_at: None,
+            instance: None,
+            last_gpu: None,
+            gpu_note: None,
+            billed_secs: 0,
+            usd_per_hour,
+            cost_usd: 0.0,
+            budget_usd: None,
+            last_output_at: None,
+            end: None,
+            receipt: None,
+            kept_disk: None,
+            vm: None,
+            warnings: Vec::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Parse a status of any schema; unknown fields land in `extra`.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The status as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// `runs/<id>/control/stop.json`: written by `cloudrun-launch stop RUN`; the agent polls
+/// for it every `intervals.stop_poll_secs` and stops gracefully (final sync, then delete).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub requested_at: DateTime<Utc>,
+    /// Who asked (user@host), for the status.
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunStatus {
+        let mut s = RunStatus::launching(
+            RunId::parse("20261126-071500-ab12").unwrap(),
+            "2026-11-26T07:15:00Z".parse().unwrap(),
+            0.71,
+        );
+        s.phase = Phase::Ended;
+        s.last_gpu = Some(GpuSample {
+            at: "2026-11-26T07:20:00Z".parse().unwrap(),
+            gpus: vec![GpuReading {
+                index: 0,
+                name: "NVIDIA L4".into(),
+                util_gpu_pct: Some(97.0),
+                power_w: None,
+                ..GpuReading::default()
+            }],
+            error: None,
+        });
+        s.end = Some(EndInfo {
+            reason: EndReason::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            message: "job exited 0".into(),
+        });
+        s.vm = Some(VmFate::Deleted);
+        s
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = sample();
+        assert_eq!(RunStatus::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn unknown_fields_from_a_newer_agent_are_kept_and_written_back() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["progress"] = serde_json::json!({"step": 10, "of": 100});
+        let s = RunStatus::from_json(&v.to_string()).unwrap();
+        assert_eq!(s.extra["progress"]["step"], 10);
+        let again: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(again["progress"]["of"], 100);
+    }
+
+    #[test]
+    fn an_older_minimal_status_parses() {
+        let s = RunStatus::from_json(
+            r#"{"schema":1,"run_id":"20261126-071500-ab12","phase":"running","updated_at":"2026-11-26T07:15:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.phase, Phase::Running);
+        assert!(s.end.is_none());
+    }
+
+    #[test]
+    fn only_success_exits_zero() {
+        use EndReason::*;
+        for r in [
+            Failed,
+            GpuIdle,
+            Stalled,
+            Budget,
+            MaxTime,
+            Preempted,
+            Stopped,
+            SetupFailed,
+            PullFailed,
+            Lost,
+            AgentError,
+        ] {
+            assert_ne!(r.exit_code(), 0, "{r:?}");
+        }
+        assert_eq!(Succeeded.exit_code(), 0);
+    }
+}
