@@ -214,3 +214,220 @@ async fn place_link(e: &ManifestEntry, dest: &Path) -> Result<bool, SyncError> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::manifest::MANIFEST_SCHEMA;
+    use crate::storage::local::LocalStorage;
+    use crate::storage::PutOptions;
+    use crate::sync::test_util::{leftovers, read_tree, write};
+    use crate::sync::{push_tree, scan_tree, sha256_hex, PushOptions, ScanOptions};
+
+    struct Fixture {
+        d: tempfile::TempDir,
+        store: Arc<LocalStorage>,
+        layout: Layout,
+        manifest: Manifest,
+    }
+
+    /// A project pushed to a local store.
+    async fn pushed() -> Fixture {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("proj");
+        write(&root, "main.py", b"import model\n");
+        write(&root, "src/model.py", b"class M: pass\n");
+        write(&root, "src/deep/er/x.txt", b"deep");
+        write(&root, "empty", b"");
+        write(&root, "run.sh", b"#!/bin/sh\necho hi\n");
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("src/model.py", root.join("model_link.py")).unwrap();
+        std::os::unix::fs::symlink("deep", root.join("src/d")).unwrap();
+        let store = Arc::new(LocalStorage::new(d.path().join("bucket")));
+        let layout = Layout::new("p");
+        let tree = scan_tree(&root, &ScanOptions::default()).unwrap();
+        let r = push_tree(
+            store.clone(),
+            &layout,
+            &tree,
+            "p/runs/r/manifest.json",
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        Fixture {
+            d,
+            store,
+            layout,
+            manifest: r.manifest,
+        }
+    }
+
+    fn entry(path: &str, data: &[u8]) -> ManifestEntry {
+        ManifestEntry {
+            path: path.into(),
+            size: data.len() as u64,
+            mode: 0o644,
+            sha256: sha256_hex(data),
+            link: None,
+        }
+    }
+
+    fn manifest(entries: Vec<ManifestEntry>) -> Manifest {
+        Manifest {
+            schema: MANIFEST_SCHEMA,
+            created_at: chrono::Utc::now(),
+            entries,
+        }
+    }
+
+    #[tokio::test]
+    async fn push_then_materialise_round_trips_contents_modes_and_symlinks() {
+        let f = pushed().await;
+        let out = f.d.path().join("out");
+        let r = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap();
+        assert_eq!(r.files, 7);
+        assert_eq!(r.downloaded, 5);
+        assert_eq!(read_tree(&out), read_tree(&f.d.path().join("proj")));
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("run.sh"), 0o755);
+        assert_eq!(mode("main.py"), 0o644);
+        assert_eq!(
+            std::fs::read_link(out.join("model_link.py")).unwrap(),
+            std::path::Path::new("src/model.py")
+        );
+        assert_eq!(std::fs::read(out.join("src/d/er/x.txt")).unwrap(), b"deep");
+        assert!(leftovers(&out).is_empty());
+    }
+
+    #[tokio::test]
+    async fn materialising_again_downloads_only_what_differs() {
+        let f = pushed().await;
+        let out = f.d.path().join("out");
+        materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap();
+        let again = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap();
+        assert_eq!((again.downloaded, again.unchanged, again.bytes), (0, 7, 0));
+
+        std::fs::write(out.join("main.py"), b"import modeL\n").unwrap();
+        std::fs::set_permissions(out.join("run.sh"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let third = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap();
+        assert_eq!(third.downloaded, 1);
+        assert_eq!(
+            std::fs::read(out.join("main.py")).unwrap(),
+            b"import model\n"
+        );
+        let mode = std::fs::metadata(out.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "modes are set even on unchanged files");
+    }
+
+    #[tokio::test]
+    async fn traversal_absolute_and_escaping_link_manifests_write_nothing() {
+        let f = pushed().await;
+        let good = f.manifest.entries[0].clone();
+        let mut escaping_link = entry("lib", b"../../etc");
+        escaping_link.link = Some("../../etc".into());
+        for bad in [
+            entry("../evil.py", b"x"),
+            entry("src/../../evil.py", b"x"),
+            entry("/etc/cron.d/evil", b"x"),
+            escaping_link,
+        ] {
+            let out = f.d.path().join("out");
+            let m = manifest(vec![good.clone(), bad.clone()]);
+            let err = materialise(f.store.clone(), &f.layout, &m, &out, 4)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, SyncError::Manifest(_)), "{}: {err}", bad.path);
+            assert!(err.to_string().contains("nothing was written"));
+            assert!(!out.exists(), "{}: the destination was created", bad.path);
+            assert!(!f.d.path().join("evil.py").exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_directory_in_the_destination_pointing_outside_is_refused() {
+        let f = pushed().await;
+        let out = f.d.path().join("out");
+        let outside = f.d.path().join("outside");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, out.join("src")).unwrap();
+        let err = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::UnsafeDestination { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            1,
+            "only the trap itself"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_blob_fails_its_checksum_and_leaves_no_partial_file() {
+        let f = pushed().await;
+        let key = f.layout.blob(&sha256_hex(b"class M: pass\n"));
+        let path = f.store.root().join(&key);
+        let st = std::fs::metadata(&path).unwrap();
+        // Flip bytes, keep size and mtime: silent disk corruption.
+        std::fs::write(&path, b"class X: pass\n").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(st.modified().unwrap()).unwrap();
+
+        let out = f.d.path().join("out");
+        let err = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 1)
+            .await
+            .unwrap_err();
+        assert!(err.is_integrity(), "{err}");
+        assert!(!out.join("src/model.py").exists());
+        assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    }
+
+    #[tokio::test]
+    async fn a_blob_with_other_contents_is_caught_by_its_sha256() {
+        let f = pushed().await;
+        // Consistent with its own CRC32C, but not what the manifest names.
+        let key = f.layout.blob(&sha256_hex(b"import model\n"));
+        f.store
+            .put_bytes(
+                &key,
+                bytes::Bytes::from_static(b"import evil!\n"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let out = f.d.path().join("out");
+        let err = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 4)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Integrity { .. }), "{err}");
+        assert!(!out.join("main.py").exists());
+        assert!(leftovers(&out).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_blob_names_the_file() {
+        let f = pushed().await;
+        let m = manifest(vec![entry("never_pushed.py", b"nope")]);
+        let err = materialise(f.store.clone(), &f.layout, &m, &f.d.path().join("out"), 4)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never_pushed.py"), "{err}");
+    }
+}

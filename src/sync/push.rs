@@ -249,3 +249,176 @@ async fn upload_blob(
         Err(e) => Err(SyncError::storage(what(), e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::sync::test_util::{write, Recorder};
+    use crate::sync::{scan_tree, ScanOptions};
+
+    const MANIFEST_KEY: &str = "p/runs/r1/manifest.json";
+
+    fn setup() -> (tempfile::TempDir, Arc<Recorder>, Layout) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Recorder::new(d.path().join("bucket"));
+        (d, store, Layout::new("p"))
+    }
+
+    async fn push(store: &Arc<Recorder>, layout: &Layout, root: &std::path::Path) -> PushReport {
+        let tree = scan_tree(root, &ScanOptions::default()).unwrap();
+        push_tree(
+            store.clone(),
+            layout,
+            &tree,
+            MANIFEST_KEY,
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_push_uploads_no_blobs_and_one_changed_file_sends_one_blob() {
+        let (d, store, layout) = setup();
+        let root = d.path().join("proj");
+        for i in 0..40 {
+            write(
+                &root,
+                &format!("src/m{i}.py"),
+                format!("x = {i}\n").as_bytes(),
+            );
+        }
+        write(&root, "a/__init__.py", b"");
+        write(&root, "b/__init__.py", b"");
+
+        let first = push(&store, &layout, &root).await;
+        assert_eq!(first.files, 42);
+        assert_eq!(
+            first.blobs_uploaded, 41,
+            "the two empty files share one blob"
+        );
+        assert_eq!(first.bytes_uploaded, first.total_bytes);
+        let (keys, _) = store.take_puts();
+        assert_eq!(keys.len(), 42);
+        assert!(keys.contains(&MANIFEST_KEY.to_string()));
+
+        let second = push(&store, &layout, &root).await;
+        assert_eq!(second.blobs_uploaded, 0);
+        assert_eq!(second.bytes_uploaded, 0);
+        assert_eq!(second.blobs_present, 41);
+        let (keys, bytes) = store.take_puts();
+        assert_eq!(keys, [MANIFEST_KEY]);
+        assert_eq!(bytes, second.manifest_bytes);
+
+        write(&root, "src/m7.py", b"x = 'seven'\n");
+        let third = push(&store, &layout, &root).await;
+        assert_eq!(third.blobs_uploaded, 1);
+        assert_eq!(third.bytes_uploaded, 12);
+        let (keys, bytes) = store.take_puts();
+        let blob = layout.blob(&crate::sync::sha256_hex(b"x = 'seven'\n"));
+        let mut want = vec![blob, MANIFEST_KEY.to_string()];
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!(bytes, 12 + third.manifest_bytes);
+
+        let stored = crate::sync::fetch_manifest(store.as_ref(), MANIFEST_KEY)
+            .await
+            .unwrap();
+        assert_eq!(stored.entries, third.manifest.entries);
+    }
+
+    #[tokio::test]
+    async fn a_small_tree_probes_with_heads_and_a_large_one_lists_once() {
+        let (d, store, layout) = setup();
+        let small = d.path().join("small");
+        for i in 0..3 {
+            write(&small, &format!("f{i}"), format!("{i}").as_bytes());
+        }
+        push(&store, &layout, &small).await;
+        assert_eq!(store.heads.load(Ordering::SeqCst), 3);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 0);
+        store.take_puts();
+
+        let large = d.path().join("large");
+        for i in 0..(HEAD_PROBE_MAX_BLOBS + 1) {
+            write(&large, &format!("f{i}"), format!("large {i}").as_bytes());
+        }
+        push(&store, &layout, &large).await;
+        assert_eq!(store.heads.load(Ordering::SeqCst), 0);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn symlinks_travel_in_the_manifest_not_as_blobs() {
+        let (d, store, layout) = setup();
+        let root = d.path().join("proj");
+        write(&root, "data.csv", b"1,2");
+        std::os::unix::fs::symlink("data.csv", root.join("latest.csv")).unwrap();
+        let r = push(&store, &layout, &root).await;
+        assert_eq!(r.files, 2);
+        assert_eq!(r.blobs_uploaded, 1);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_blob_in_the_store_is_replaced() {
+        let (d, store, layout) = setup();
+        let root = d.path().join("proj");
+        write(&root, "main.py", b"print('hi')\n");
+        push(&store, &layout, &root).await;
+        let key = layout.blob(&crate::sync::sha256_hex(b"print('hi')\n"));
+        // A truncated copy under the right name (e.g. written by a buggy tool).
+        std::fs::write(store.inner.root().join(&key), b"print(").unwrap();
+        let r = push(&store, &layout, &root).await;
+        assert_eq!(r.blobs_uploaded, 1);
+        assert_eq!(&store.get_bytes(&key).await.unwrap()[..], b"print('hi')\n");
+    }
+
+    #[tokio::test]
+    async fn a_file_edited_after_the_scan_is_refused_and_leaves_no_blob() {
+        let big: Vec<u8> = (0..(IN_MEMORY_UPLOAD_MAX_BYTES as usize + 1000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut big_edited = big.clone();
+        big_edited[10] ^= 0xff;
+        // One small file (checked by SHA-256 before sending), one large (streamed,
+        // checked by the store's CRC32C after).
+        for (name, old, new) in [
+            ("small.py", b"before".to_vec(), b"after!".to_vec()),
+            ("big.bin", big, big_edited),
+        ] {
+            let (d, store, layout) = setup();
+            let root = d.path().join("proj");
+            write(&root, name, &old);
+            let tree = scan_tree(&root, &ScanOptions::default()).unwrap();
+            let sha = tree
+                .files
+                .iter()
+                .find(|f| f.entry.path == name)
+                .unwrap()
+                .entry
+                .sha256
+                .clone();
+            write(&root, name, &new);
+            let err = push_tree(
+                store.clone(),
+                &layout,
+                &tree,
+                MANIFEST_KEY,
+                &PushOptions::default(),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(err, SyncError::FileChanged { .. }),
+                "{name}: {err}"
+            );
+            assert!(
+                store.head(&layout.blob(&sha)).await.unwrap().is_none(),
+                "{name}"
+            );
+            assert!(store.head(MANIFEST_KEY).await.unwrap().is_none());
+        }
+    }
+}
