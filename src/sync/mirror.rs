@@ -469,3 +469,305 @@ async fn local_matches(path: &Path, m: &ObjectMeta) -> Result<bool, SyncError> {
         (None, None) => false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::test_util::{read_tree, write, Recorder};
+
+    const PREFIX: &str = "p/runs/r/outputs/checkpoint/";
+
+    fn setup() -> (tempfile::TempDir, Arc<Recorder>, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Recorder::new(d.path().join("bucket"));
+        let ckpt = d.path().join("checkpoint");
+        (d, store, ckpt)
+    }
+
+    #[tokio::test]
+    async fn mirror_uploads_only_changed_files_with_mtime_and_sha256_metadata() {
+        let (_d, store, ckpt) = setup();
+        write(&ckpt, "epoch1.pt", b"weights-1");
+        write(&ckpt, "logs/events.txt", b"step 1");
+        write(&ckpt, "config.json", b"{}");
+        let mut state = MirrorState::default();
+
+        let first = mirror_dir(store.clone(), &ckpt, PREFIX, &mut state, 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.uploaded,
+            ["config.json", "epoch1.pt", "logs/events.txt"]
+        );
+        assert_eq!(first.bytes_uploaded, 17);
+        assert!(first.verified && first.is_complete());
+        let meta = store
+            .head(&format!("{PREFIX}epoch1.pt"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            meta.metadata[META_SHA256],
+            crate::sync::sha256_hex(b"weights-1")
+        );
+        let mtime = std::fs::metadata(ckpt.join("epoch1.pt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(meta.metadata[META_FILE_MTIME], mtime.to_string());
+        store.take_puts();
+
+        let second = mirror_dir(store.clone(), &ckpt, PREFIX, &mut state, 4)
+            .await
+            .unwrap();
+        assert!(second.uploaded.is_empty());
+        assert_eq!(second.unchanged, 3);
+        assert_eq!(store.take_puts().0.len(), 0);
+        assert_eq!(store.lists.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        write(&ckpt, "logs/events.txt", b"step 1\nstep 2");
+        write(&ckpt, "epoch2.pt", b"weights-2");
+        std::fs::remove_file(ckpt.join("epoch1.pt")).unwrap();
+        let third = mirror_dir(store.clone(), &ckpt, PREFIX, &mut state, 4)
+            .await
+            .unwrap();
+        assert_eq!(third.uploaded, ["epoch2.pt", "logs/events.txt"]);
+        assert_eq!(third.unchanged, 1);
+        let (keys, _) = store.take_puts();
+        assert_eq!(keys.len(), 2);
+        // Deleted locally, kept remotely.
+        assert!(store
+            .head(&format!("{PREFIX}epoch1.pt"))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(!state.files.contains_key("epoch1.pt"));
+    }
+
+    #[tokio::test]
+    async fn a_file_growing_during_the_upload_is_deferred_to_the_next_pass() {
+        let (_d, store, ckpt) = setup();
+        write(&ckpt, "done.pt", b"complete");
+        write(&ckpt, "growing.pt", b"first half");
+        *store.put_file_hook.lock().unwrap() = Some(Box::new(|p: &Path| {
+            if p.ends_with("growing.pt") {
+                use std::io::Write;
+                let mut f = std::fs::File::options().append(true).open(p).unwrap();
+                f.write_all(b" and the second half").unwrap();
+            }
+        }));
+        let mut state = MirrorState::default();
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut state, 2)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["done.pt"]);
+        assert_eq!(r.deferred_unstable, ["growing.pt"]);
+        assert!(!r.is_complete());
+        assert!(!state.files.contains_key("growing.pt"));
+
+        *store.put_file_hook.lock().unwrap() = None;
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut state, 2)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["growing.pt"]);
+        assert!(r.is_complete());
+        assert_eq!(
+            &store
+                .get_bytes(&format!("{PREFIX}growing.pt"))
+                .await
+                .unwrap()[..],
+            b"first half and the second half"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_state_adopts_what_the_store_already_has() {
+        let (_d, store, ckpt) = setup();
+        write(&ckpt, "a.pt", b"aaaa");
+        write(&ckpt, "b.pt", b"bbbb");
+        mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 2)
+            .await
+            .unwrap();
+        store.take_puts();
+        write(&ckpt, "b.pt", b"BBBB"); // same size, other contents
+        let mut fresh = MirrorState::default();
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut fresh, 2)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["b.pt"]);
+        assert_eq!(r.unchanged, 1);
+        assert_eq!(store.take_puts().0.len(), 1);
+        assert_eq!(fresh.files.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn mirror_state_round_trips_through_json_and_resets_for_another_prefix() {
+        let (_d, store, ckpt) = setup();
+        write(&ckpt, "a.pt", b"a");
+        let mut state = MirrorState::default();
+        mirror_dir(store.clone(), &ckpt, "p/x", &mut state, 1)
+            .await
+            .unwrap();
+        assert_eq!(state.prefix, "p/x/");
+        let json = serde_json::to_string(&state).unwrap();
+        let mut back: MirrorState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        let r = mirror_dir(store.clone(), &ckpt, "p/x/", &mut back, 1)
+            .await
+            .unwrap();
+        assert_eq!(r.unchanged, 1);
+        let r = mirror_dir(store.clone(), &ckpt, "p/y/", &mut back, 1)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["a.pt"]);
+        assert_eq!(back.prefix, "p/y/");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_mirrors_nothing_and_symlinks_are_skipped() {
+        let (d, store, ckpt) = setup();
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            MirrorReport {
+                verified: true,
+                ..MirrorReport::default()
+            }
+        );
+        write(&ckpt, "real.pt", b"r");
+        std::os::unix::fs::symlink("real.pt", ckpt.join("latest.pt")).unwrap();
+        std::os::unix::fs::symlink(d.path(), ckpt.join("loop")).unwrap();
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["real.pt"]);
+        assert_eq!(r.skipped, ["latest.pt", "loop"]);
+    }
+
+    #[tokio::test]
+    async fn pull_downloads_only_changed_files_byte_for_byte() {
+        let (d, store, ckpt) = setup();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        write(&ckpt, "model.bin", &big);
+        write(&ckpt, "sub/step.txt", b"100");
+        write(&ckpt, "sub/notes.md", b"# notes");
+        mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 2)
+            .await
+            .unwrap();
+        // An object written by another tool: no cloudrun metadata, only CRC32C.
+        store
+            .put_bytes(
+                &format!("{PREFIX}other/tool.txt"),
+                bytes::Bytes::from_static(b"from gsutil"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+
+        let out = d.path().join("pulled");
+        let r = pull_prefix(store.clone(), PREFIX, &out, 3).await.unwrap();
+        assert_eq!(
+            r.downloaded,
+            [
+                "model.bin",
+                "other/tool.txt",
+                "sub/notes.md",
+                "sub/step.txt"
+            ]
+        );
+        assert_eq!(r.bytes, big.len() as u64 + 3 + 7 + 11);
+        let mut want = read_tree(&ckpt);
+        want.insert("other/tool.txt".into(), b"from gsutil".to_vec());
+        assert_eq!(read_tree(&out), want);
+        assert_eq!(
+            std::fs::metadata(out.join("model.bin"))
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            std::fs::metadata(ckpt.join("model.bin"))
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            "the mtime comes from the object's metadata"
+        );
+
+        let again = pull_prefix(store.clone(), PREFIX, &out, 3).await.unwrap();
+        assert!(again.downloaded.is_empty());
+        assert_eq!(again.unchanged, 4);
+
+        std::fs::write(out.join("sub/step.txt"), b"999").unwrap(); // same size
+        std::fs::write(out.join("other/tool.txt"), b"edited").unwrap();
+        let third = pull_prefix(store.clone(), PREFIX, &out, 3).await.unwrap();
+        assert_eq!(third.downloaded, ["other/tool.txt", "sub/step.txt"]);
+        assert_eq!(read_tree(&out), want);
+    }
+
+    fn fake_object(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            crc32c: None,
+            md5_base64: None,
+            generation: 1,
+            updated: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn pull_refuses_object_names_that_escape_and_writes_nothing() {
+        let (d, store, ckpt) = setup();
+        write(&ckpt, "ok.txt", b"ok");
+        mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        for bad in ["../../evil", "a/../../evil", "/etc/passwd", "a//b"] {
+            *store.extra_listing.lock().unwrap() = vec![fake_object(&format!("{PREFIX}{bad}"))];
+            let out = d.path().join("out");
+            let err = pull_prefix(store.clone(), PREFIX, &out, 2)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, SyncError::UnsafeObjectName { .. }),
+                "{bad}: {err}"
+            );
+            assert!(!out.exists(), "{bad}");
+        }
+        // A "folder" placeholder is not a file and not an error.
+        *store.extra_listing.lock().unwrap() = vec![fake_object(&format!("{PREFIX}sub/"))];
+        let r = pull_prefix(store.clone(), PREFIX, &d.path().join("out"), 2)
+            .await
+            .unwrap();
+        assert_eq!(r.downloaded, ["ok.txt"]);
+    }
+
+    #[tokio::test]
+    async fn pull_refuses_a_symlinked_directory_that_leads_outside() {
+        let (d, store, ckpt) = setup();
+        write(&ckpt, "sub/x.txt", b"x");
+        mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        let out = d.path().join("out");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, out.join("sub")).unwrap();
+        let err = pull_prefix(store.clone(), PREFIX, &out, 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::UnsafeDestination { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+}
