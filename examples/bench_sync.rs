@@ -53,8 +53,8 @@ async fn main() -> Res<()> {
                 threads: 0,
             };
             let root = arg(1)?.to_string();
-            let tree = tokio::task::spawn_blocking(move || scan_tree(Path::new(&root), &opts))
-                .await??;
+            let tree =
+                tokio::task::spawn_blocking(move || scan_tree(Path::new(&root), &opts)).await??;
             let scan_s = started.elapsed().as_secs_f64();
             let key = layout.manifest(&RunId::new(chrono::Utc::now()));
             let push_opts = PushOptions {

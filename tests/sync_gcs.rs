@@ -55,7 +55,11 @@ async fn push_dedups_and_materialise_rebuilds_the_tree_from_gcs() {
     let tmp = TempDir::new("sync-push");
     let root = tmp.path().join("proj");
     for i in 0..30 {
-        write(&root, &format!("src/m{i}.py"), format!("x = {i}\n").as_bytes());
+        write(
+            &root,
+            &format!("src/m{i}.py"),
+            format!("x = {i}\n").as_bytes(),
+        );
     }
     write(&root, "weights/init.bin", &pattern(1, 9 << 20)); // resumable upload
     write(&root, ".gitignore", b"*.log\n");
@@ -146,7 +150,11 @@ async fn mirror_and_pull_round_trip_through_gcs_and_googles_client_agrees() {
         .env("STORAGE_EMULATOR_HOST", gcs.host())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         seen[format!("{prefix}model.pt")]["sha256"],
@@ -160,12 +168,19 @@ async fn mirror_and_pull_round_trip_through_gcs_and_googles_client_agrees() {
         .env("STORAGE_EMULATOR_HOST", gcs.host())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let written: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let dest = tmp.path().join("pulled");
     let p = pull_prefix(s.clone(), prefix, &dest, 4).await.unwrap();
-    assert_eq!(p.downloaded, ["from_python.bin", "model.pt", "opt/state.pt"]);
+    assert_eq!(
+        p.downloaded,
+        ["from_python.bin", "model.pt", "opt/state.pt"]
+    );
     assert_eq!(std::fs::read(dest.join("model.pt")).unwrap(), big);
     assert_eq!(
         std::fs::read(dest.join("opt/state.pt")).unwrap(),
