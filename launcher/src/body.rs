@@ -36,7 +36,11 @@ pub struct MetadataTooBig {
 }
 
 /// The body for `zone`, booting `source_image` (an image or family URL).
-pub fn instance_body(plan: &LaunchPlan, zone: &str, source_image: &str) -> Result<Value, MetadataTooBig> {
+pub fn instance_body(
+    plan: &LaunchPlan,
+    zone: &str,
+    source_image: &str,
+) -> Result<Value, MetadataTooBig> {
     let h = &plan.hardware;
     let spec = plan.spec_for_zone(zone);
     let spec_json = serde_json::to_string(&spec).unwrap_or_default();
@@ -59,7 +63,10 @@ pub fn instance_body(plan: &LaunchPlan, zone: &str, source_image: &str) -> Resul
             hint: "the run spec is too large; move big --env values into a file in the project",
         });
     }
-    if let Some((_, v)) = items.iter().find(|(_, v)| v.len() > METADATA_VALUE_MAX_BYTES) {
+    if let Some((_, v)) = items
+        .iter()
+        .find(|(_, v)| v.len() > METADATA_VALUE_MAX_BYTES)
+    {
         return Err(MetadataTooBig {
             size: v.len(),
             limit: METADATA_VALUE_MAX_BYTES,
@@ -165,7 +172,10 @@ mod tests {
             b["guestAccelerators"][0]["acceleratorType"],
             "projects/my-project/zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4"
         );
-        assert_eq!(b["machineType"], "zones/us-central1-a/machineTypes/n1-standard-8");
+        assert_eq!(
+            b["machineType"],
+            "zones/us-central1-a/machineTypes/n1-standard-8"
+        );
         let b = instance_body(&plan("l4", true), "us-east1-b", "img").unwrap();
         assert!(b.get("guestAccelerators").is_none());
         assert_eq!(b["scheduling"]["provisioningModel"], "SPOT");
@@ -180,7 +190,10 @@ mod tests {
             let s = &b["scheduling"];
             assert_eq!(s["instanceTerminationAction"], "DELETE");
             assert_eq!(s["onHostMaintenance"], "TERMINATE");
-            assert_eq!(s["maxRunDuration"]["seconds"], p.cloud_max_run_secs.to_string());
+            assert_eq!(
+                s["maxRunDuration"]["seconds"],
+                p.cloud_max_run_secs.to_string()
+            );
             assert_eq!(b["disks"][0]["initializeParams"]["diskSizeGb"], "100");
             assert_eq!(b["disks"][0]["autoDelete"], true);
             assert_eq!(b["labels"][LABEL_RUN], p.run_id.as_str());
@@ -193,7 +206,12 @@ mod tests {
         let p = plan("l4", false);
         let b = instance_body(&p, "us-central1-b", "img").unwrap();
         let items = b["metadata"]["items"].as_array().unwrap();
-        let get = |k: &str| items.iter().find(|i| i["key"] == k).map(|i| i["value"].as_str().unwrap().to_string());
+        let get = |k: &str| {
+            items
+                .iter()
+                .find(|i| i["key"] == k)
+                .map(|i| i["value"].as_str().unwrap().to_string())
+        };
         assert!(get(META_STARTUP_SCRIPT).unwrap().starts_with("#!"));
         let spec = cloudrun::RunSpec::from_json(&get(META_SPEC).unwrap()).unwrap();
         assert_eq!(spec.placement.zone.as_deref(), Some("us-central1-b"));

@@ -133,7 +133,11 @@ pub struct LaunchArgs {
     #[arg(long, short = 'f')]
     pub follow: bool,
     /// The script and its arguments: `main.py --epochs 50`
-    #[arg(value_name = "SCRIPT [ARGS]", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "SCRIPT [ARGS]",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -141,9 +145,11 @@ pub struct LaunchArgs {
 pub enum Command {
     /// Launch a script (for scripts named like a subcommand: `cloudrun-launch run status`)
     #[command(after_help = "Example:\n  cloudrun-launch run --gpu l4 status --epochs 3")]
-    Run(LaunchArgs),
+    Run(Box<LaunchArgs>),
     /// Runs in a table, or one run in detail
-    #[command(after_help = "Examples:\n  cloudrun-launch status\n  cloudrun-launch status latest --json")]
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch status\n  cloudrun-launch status latest --json"
+    )]
     Status {
         /// A run id (or `latest`); all runs when absent
         run: Option<String>,
@@ -169,7 +175,9 @@ pub enum Command {
         into: Option<PathBuf>,
     },
     /// Stop a run: gracefully (final sync, then the agent deletes the VM) or --now
-    #[command(after_help = "Examples:\n  cloudrun-launch stop latest\n  cloudrun-launch stop 20261126-071500-ab12 --now")]
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch stop latest\n  cloudrun-launch stop 20261126-071500-ab12 --now"
+    )]
     Stop {
         run: String,
         /// Delete the VM right away (outputs not yet synced are lost)
@@ -197,7 +205,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  cloudrun-launch config")]
     Config,
     /// Shell completions on stdout
-    #[command(after_help = "Example:\n  cloudrun-launch completions zsh > ~/.zfunc/_cloudrun-launch")]
+    #[command(
+        after_help = "Example:\n  cloudrun-launch completions zsh > ~/.zfunc/_cloudrun-launch"
+    )]
     Completions { shell: clap_complete::Shell },
 }
 
@@ -280,16 +290,32 @@ mod tests {
 
     #[test]
     fn script_arguments_go_to_the_script() {
-        let c = Cli::try_parse_from(["cloudrun-launch", "--gpu", "l4", "main.py", "--epochs", "50", "--gpu", "x"]).unwrap();
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "--gpu",
+            "l4",
+            "main.py",
+            "--epochs",
+            "50",
+            "--gpu",
+            "x",
+        ])
+        .unwrap();
         assert!(c.command.is_none());
         assert_eq!(c.launch.gpu.as_deref(), Some("l4"));
-        assert_eq!(c.launch.command, ["main.py", "--epochs", "50", "--gpu", "x"]);
+        assert_eq!(
+            c.launch.command,
+            ["main.py", "--epochs", "50", "--gpu", "x"]
+        );
     }
 
     #[test]
     fn subcommands_and_a_script_named_like_one() {
         let c = Cli::try_parse_from(["cloudrun-launch", "status", "--json"]).unwrap();
-        assert!(matches!(c.command, Some(Command::Status { json: true, .. })));
+        assert!(matches!(
+            c.command,
+            Some(Command::Status { json: true, .. })
+        ));
         let c = Cli::try_parse_from(["cloudrun-launch", "run", "--spot", "status", "-x"]).unwrap();
         match &c.command {
             Some(Command::Run(l)) => {
@@ -299,14 +325,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.flag_layer().spot, Some(true));
-        let c = Cli::try_parse_from(["cloudrun-launch", "logs", "-f", "latest", "--gcs-dir", "gs://b"]).unwrap();
-        assert!(matches!(c.command, Some(Command::Logs { follow: true, .. })));
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "logs",
+            "-f",
+            "latest",
+            "--gcs-dir",
+            "gs://b",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Logs { follow: true, .. })
+        ));
         assert_eq!(c.flag_layer().gcs_dir.as_deref(), Some("gs://b"));
     }
 
     #[test]
     fn env_flags_become_the_env_layer() {
-        let c = Cli::try_parse_from(["cloudrun-launch", "--env", "BATCHSIZE=256", "--env", "A=b=c", "main.py"]).unwrap();
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "--env",
+            "BATCHSIZE=256",
+            "--env",
+            "A=b=c",
+            "main.py",
+        ])
+        .unwrap();
         let env = c.flag_layer().env.unwrap();
         assert_eq!(env["BATCHSIZE"], "256");
         assert_eq!(env["A"], "b=c");

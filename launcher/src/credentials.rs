@@ -58,7 +58,10 @@ impl GcloudTokens {
             .map_err(|e| format!("cannot run gcloud: {e}"))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
             return Err(format!("gcloud exited {}: {}", out.status, first.trim()));
         }
         let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -85,16 +88,17 @@ impl TokenProvider for GcloudTokens {
         if let Some((t, _)) = cached.as_ref().filter(|(t, _)| !t.has_expired()) {
             return Ok(t.clone());
         }
-        let t = self
-            .fetch()
-            .await
-            .map_err(|e| gcp_auth::Error::Other("gcloud auth print-access-token failed", e.into()))?;
+        let t = self.fetch().await.map_err(|e| {
+            gcp_auth::Error::Other("gcloud auth print-access-token failed", e.into())
+        })?;
         *cached = Some((t.clone(), std::time::Instant::now()));
         Ok(t)
     }
 
     async fn project_id(&self) -> Result<Arc<str>, gcp_auth::Error> {
-        Err(gcp_auth::Error::Str("the project comes from GCLOUD_PROJECT, not gcloud"))
+        Err(gcp_auth::Error::Str(
+            "the project comes from GCLOUD_PROJECT, not gcloud",
+        ))
     }
 }
 
@@ -146,7 +150,9 @@ pub async fn resolve(
             Err(e) => {
                 return Err(CredentialsError {
                     tried: vec![format!("{ENV_CREDENTIALS}={path}: {e}")],
-                    fix: format!("point {ENV_CREDENTIALS} at a valid service-account key, or unset it"),
+                    fix: format!(
+                        "point {ENV_CREDENTIALS} at a valid service-account key, or unset it"
+                    ),
                 })
             }
         }
@@ -197,7 +203,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("authorized_user") && err.contains("Fix:"), "{err}");
+        assert!(
+            err.contains("authorized_user") && err.contains("Fix:"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,7 +106,10 @@ pub fn classify_operation(errors: &[OperationErrorItem], project: &str, zone: &s
     if let Some(q) = errors.iter().find(|e| e.code == "QUOTA_EXCEEDED") {
         return quota_verdict(q, project, zone);
     }
-    if let Some(e) = errors.iter().find(|e| NEXT_ZONE_CODES.contains(&e.code.as_str())) {
+    if let Some(e) = errors
+        .iter()
+        .find(|e| NEXT_ZONE_CODES.contains(&e.code.as_str()))
+    {
         return Verdict::NextZone(format!("{}: {}", e.code, e.message.trim()));
     }
     Verdict::Fatal(
@@ -171,7 +174,10 @@ pub async fn insert_with_failover(
     for (i, zone) in zones.iter().enumerate() {
         let left = zones.len() - i - 1;
         if skipped_regions.iter().any(|r| r == region_of(zone)) {
-            report(format!("{zone}: skipped (quota spent in {})", region_of(zone)));
+            report(format!(
+                "{zone}: skipped (quota spent in {})",
+                region_of(zone)
+            ));
             attempts.push((zone.clone(), "skipped: regional quota".into()));
             continue;
         }
@@ -181,28 +187,36 @@ pub async fn insert_with_failover(
             .await
         {
             Err(e) => classify_http(&e, project, zone),
-            Ok(op) => match cloudrun::compute::wait_until_done(compute, project, zone, op, op_deadline).await {
-                Ok(done) if done.errors().is_empty() => {
-                    report(format!("{zone}: created {instance}"));
-                    return Ok(Placed {
-                        zone: zone.clone(),
-                        operation: done,
-                    });
+            Ok(op) => {
+                match cloudrun::compute::wait_until_done(compute, project, zone, op, op_deadline)
+                    .await
+                {
+                    Ok(done) if done.errors().is_empty() => {
+                        report(format!("{zone}: created {instance}"));
+                        return Ok(Placed {
+                            zone: zone.clone(),
+                            operation: done,
+                        });
+                    }
+                    Ok(done) => {
+                        let v = classify_operation(done.errors(), project, zone);
+                        // A failed insert may leave a half-made instance behind; remove it so
+                        // that it neither bills nor blocks the name in another zone.
+                        cleanup(compute, project, zone, instance).await;
+                        v
+                    }
+                    Err(e @ ComputeError::OperationTimeout { .. }) => Verdict::Fatal(format!(
+                        "{e}; the VM may still appear: check `cloudrun-launch ls` and `sweep`"
+                    )),
+                    Err(e) => classify_http(&e, project, zone),
                 }
-                Ok(done) => {
-                    let v = classify_operation(done.errors(), project, zone);
-                    // A failed insert may leave a half-made instance behind; remove it so
-                    // that it neither bills nor blocks the name in another zone.
-                    cleanup(compute, project, zone, instance).await;
-                    v
-                }
-                Err(e @ ComputeError::OperationTimeout { .. }) => Verdict::Fatal(format!(
-                    "{e}; the VM may still appear: check `cloudrun-launch ls` and `sweep`"
-                )),
-                Err(e) => classify_http(&e, project, zone),
-            },
+            }
         };
-        let next = if left > 0 { ", trying the next zone" } else { "" };
+        let next = if left > 0 {
+            ", trying the next zone"
+        } else {
+            ""
+        };
         match verdict {
             Verdict::NextZone(why) => {
                 report(format!("{zone}: {}{next}", short(&why)));
@@ -255,7 +269,10 @@ const REPORT_LINE_MAX_CHARS: usize = 160;
 fn short(s: &str) -> String {
     let line = s.lines().next().unwrap_or_default();
     if line.chars().count() > REPORT_LINE_MAX_CHARS {
-        format!("{}…", line.chars().take(REPORT_LINE_MAX_CHARS).collect::<String>())
+        format!(
+            "{}…",
+            line.chars().take(REPORT_LINE_MAX_CHARS).collect::<String>()
+        )
     } else {
         line.to_string()
     }
@@ -285,31 +302,56 @@ mod tests {
     #[test]
     fn late_errors_are_classified() {
         assert!(matches!(
-            classify_operation(&[item("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "no room")], "p", "us-central1-a"),
+            classify_operation(
+                &[item("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "no room")],
+                "p",
+                "us-central1-a"
+            ),
             Verdict::NextZone(_)
         ));
         match classify_operation(
-            &[item("QUOTA_EXCEEDED", "Quota 'NVIDIA_L4_GPUS' exceeded.  Limit: 0.0 in region us-central1.")],
+            &[item(
+                "QUOTA_EXCEEDED",
+                "Quota 'NVIDIA_L4_GPUS' exceeded.  Limit: 0.0 in region us-central1.",
+            )],
             "p",
             "us-central1-a",
         ) {
             Verdict::NextRegion { advice, .. } => {
-                assert!(advice.contains("NVIDIA_L4_GPUS") && advice.contains("us-central1"), "{advice}");
+                assert!(
+                    advice.contains("NVIDIA_L4_GPUS") && advice.contains("us-central1"),
+                    "{advice}"
+                );
                 assert!(advice.contains("console.cloud.google.com/iam-admin/quotas?project=p"));
             }
             v => panic!("{v:?}"),
         }
         assert!(matches!(
-            classify_operation(&[item("QUOTA_EXCEEDED", "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally.")], "p", "z-a-b"),
+            classify_operation(
+                &[item(
+                    "QUOTA_EXCEEDED",
+                    "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally."
+                )],
+                "p",
+                "z-a-b"
+            ),
             Verdict::Stop { .. }
         ));
-        assert!(matches!(classify_operation(&[item("INVALID_FIELD", "bad")], "p", "z"), Verdict::Fatal(_)));
+        assert!(matches!(
+            classify_operation(&[item("INVALID_FIELD", "bad")], "p", "z"),
+            Verdict::Fatal(_)
+        ));
     }
 
     #[test]
     fn quota_details_name_the_limit() {
         let mut q = item("QUOTA_EXCEEDED", "Quota exceeded");
-        q.error_details = vec![serde_json::json!({"quotaInfo":{"metricName":"compute.googleapis.com/nvidia_h100_gpus","limitName":"NVIDIA-H100-GPUS-per-project-region","dimensions":{"region":"us-east4"},"limit":0}})];
-        assert_eq!(quota_name(&q).as_deref(), Some("NVIDIA-H100-GPUS-per-project-region"));
+        q.error_details = vec![
+            serde_json::json!({"quotaInfo":{"metricName":"compute.googleapis.com/nvidia_h100_gpus","limitName":"NVIDIA-H100-GPUS-per-project-region","dimensions":{"region":"us-east4"},"limit":0}}),
+        ];
+        assert_eq!(
+            quota_name(&q).as_deref(),
+            Some("NVIDIA-H100-GPUS-per-project-region")
+        );
     }
 }

@@ -77,14 +77,22 @@ impl GpuKind {
     fn shapes(self) -> &'static [(u32, &'static str)] {
         match self {
             // N1 vCPU limits per GPU count: T4 24/48/96, V100 12/24/48/96, P100 16/32/64.
-            GpuKind::T4 => &[(1, "n1-standard-8"), (2, "n1-standard-16"), (4, "n1-standard-32")],
+            GpuKind::T4 => &[
+                (1, "n1-standard-8"),
+                (2, "n1-standard-16"),
+                (4, "n1-standard-32"),
+            ],
             GpuKind::V100 => &[
                 (1, "n1-standard-8"),
                 (2, "n1-standard-16"),
                 (4, "n1-standard-32"),
                 (8, "n1-standard-64"),
             ],
-            GpuKind::P100 => &[(1, "n1-standard-8"), (2, "n1-standard-16"), (4, "n1-standard-32")],
+            GpuKind::P100 => &[
+                (1, "n1-standard-8"),
+                (2, "n1-standard-16"),
+                (4, "n1-standard-32"),
+            ],
             GpuKind::L4 => &[
                 (1, "g2-standard-8"),
                 (2, "g2-standard-24"),
@@ -366,9 +374,18 @@ mod tests {
         let h = resolve(Some("l4"), None).unwrap();
         assert_eq!((h.machine_type.as_str(), h.count), ("g2-standard-8", 1));
         assert!(!h.needs_guest_accelerators());
-        assert_eq!(resolve(Some("a100:2"), None).unwrap().machine_type, "a2-highgpu-2g");
-        assert_eq!(resolve(Some("h100:8"), None).unwrap().machine_type, "a3-highgpu-8g");
-        assert_eq!(resolve(Some("a100-80gb"), None).unwrap().machine_type, "a2-ultragpu-1g");
+        assert_eq!(
+            resolve(Some("a100:2"), None).unwrap().machine_type,
+            "a2-highgpu-2g"
+        );
+        assert_eq!(
+            resolve(Some("h100:8"), None).unwrap().machine_type,
+            "a3-highgpu-8g"
+        );
+        assert_eq!(
+            resolve(Some("a100-80gb"), None).unwrap().machine_type,
+            "a2-ultragpu-1g"
+        );
         let t4 = resolve(Some("T4:2"), None).unwrap();
         assert_eq!(t4.machine_type, "n1-standard-16");
         assert!(t4.needs_guest_accelerators());
@@ -380,9 +397,16 @@ mod tests {
         assert_eq!((h.gpu, h.count), (GpuKind::H100, 4));
         let h = resolve(Some("t4"), Some("n1-highmem-8")).unwrap();
         assert_eq!(h.machine_type, "n1-highmem-8");
-        assert_eq!(resolve(Some("l4"), Some("g2-standard-16")).unwrap().count, 1);
+        assert_eq!(
+            resolve(Some("l4"), Some("g2-standard-16")).unwrap().count,
+            1
+        );
         for (g, m, needle) in [
-            (Some("l4"), Some("n1-standard-8"), "built into their own machine family"),
+            (
+                Some("l4"),
+                Some("n1-standard-8"),
+                "built into their own machine family",
+            ),
             (None, Some("n1-standard-8"), "add --gpu t4"),
             (Some("h100"), Some("a2-highgpu-1g"), "does not match"),
             (None, Some("e2-standard-4"), "is none of those"),

@@ -28,7 +28,9 @@ pub struct PushSummary {
 }
 
 /// Pushes the project tree and writes the run's manifest (the sync engine behind it).
-#[async_trait]
+/// (`?Send`: the sync engine's push future is not provably `Send`; launches run on
+/// `block_on`, so nothing needs it to be.)
+#[async_trait(?Send)]
 pub trait CodePusher: Send + Sync {
     async fn push(
         &self,
@@ -139,13 +141,23 @@ pub async fn launch(
             },
         })?;
     let source_image = if image.self_link.is_empty() {
-        format!("projects/{}/global/images/{}", plan.image_project, image.name)
+        format!(
+            "projects/{}/global/images/{}",
+            plan.image_project, image.name
+        )
     } else {
         image.self_link.clone()
     };
-    report(format!("image: {} (family {})", image.name, plan.image_family));
+    report(format!(
+        "image: {} (family {})",
+        image.name, plan.image_family
+    ));
     // Check the body (metadata limits) before uploading anything.
-    body::instance_body(plan, plan.zones.first().map(String::as_str).unwrap_or("-"), &source_image)?;
+    body::instance_body(
+        plan,
+        plan.zones.first().map(String::as_str).unwrap_or("-"),
+        &source_image,
+    )?;
 
     // 2. Code, agent, spec, status.
     let pushed = deps.pusher.push(deps.storage.clone(), plan).await?;
@@ -154,7 +166,10 @@ pub async fn launch(
         pushed.files, pushed.total_bytes, pushed.bytes_uploaded
     ));
     if upload_agent(deps.storage.as_ref(), plan).await? {
-        report(format!("agent: uploaded {}", &plan.agent.sha256[..12.min(plan.agent.sha256.len())]));
+        report(format!(
+            "agent: uploaded {}",
+            &plan.agent.sha256[..12.min(plan.agent.sha256.len())]
+        ));
     }
     let spec_key = plan.layout.spec(&plan.run_id);
     deps.storage
@@ -167,7 +182,7 @@ pub async fn launch(
 
     // 3. The VM.
     let body_for = |zone: &str| {
-        body::instance_body(plan, zone, &source_image).unwrap_or_else(|_| serde_json::Value::Null)
+        body::instance_body(plan, zone, &source_image).unwrap_or(serde_json::Value::Null)
     };
     let placed: Placed = failover::insert_with_failover(
         deps.compute.as_ref(),
@@ -196,7 +211,8 @@ pub async fn launch(
     if let Ok(Some(meta)) = deps.storage.head(&status_key).await {
         if let Ok(bytes) = deps.storage.get_bytes(&status_key).await {
             if let Ok(mut current) = RunStatus::from_json(&String::from_utf8_lossy(&bytes)) {
-                if current.phase == cloudrun::status::Phase::Launching && current.instance.is_none() {
+                if current.phase == cloudrun::status::Phase::Launching && current.instance.is_none()
+                {
                     current.instance = Some(instance.clone());
                     let opts = PutOptions {
                         if_generation_match: Some(meta.generation),
@@ -223,7 +239,11 @@ fn json_opts() -> PutOptions {
     PutOptions::default().with_content_type("application/json")
 }
 
-async fn write_status(storage: &dyn Storage, plan: &LaunchPlan, status: &RunStatus) -> Result<(), LaunchError> {
+async fn write_status(
+    storage: &dyn Storage,
+    plan: &LaunchPlan,
+    status: &RunStatus,
+) -> Result<(), LaunchError> {
     let key = plan.layout.status(&plan.run_id);
     storage
         .put_bytes(&key, Bytes::from(status.to_json()), &json_opts())
@@ -237,7 +257,11 @@ pub fn summary(plan: &LaunchPlan, l: &Launched) -> String {
     let price = if plan.estimate.is_complete() {
         format!("${:.2}/h ({})", l.usd_per_hour, plan.estimate.source)
     } else {
-        format!("at least ${:.2}/h ({})", l.usd_per_hour, plan.estimate.describe())
+        format!(
+            "at least ${:.2}/h ({})",
+            l.usd_per_hour,
+            plan.estimate.describe()
+        )
     };
     let mut s = format!(
         "run      {}\nvm       {} in {} ({}, {} × {}{})\nprice    {price}\n",

@@ -53,7 +53,11 @@ impl fmt::Display for Problems {
         match self.0.as_slice() {
             [one] => f.write_str(one),
             many => {
-                writeln!(f, "{} settings need fixing before anything is created:", many.len())?;
+                writeln!(
+                    f,
+                    "{} settings need fixing before anything is created:",
+                    many.len()
+                )?;
                 for (i, p) in many.iter().enumerate() {
                     if i > 0 {
                         writeln!(f)?;
@@ -112,7 +116,11 @@ impl LaunchPlan {
 
     /// `gs://bucket/<prefix>/agent/<sha>/cloudrun-agent`.
     pub fn agent_url(&self) -> String {
-        format!("gs://{}/{}", self.bucket, self.layout.agent_binary(&self.agent.sha256))
+        format!(
+            "gs://{}/{}",
+            self.bucket,
+            self.layout.agent_binary(&self.agent.sha256)
+        )
     }
 
     /// When the cloud deletes the VM at the latest, counted from `from`.
@@ -167,14 +175,19 @@ pub fn validate_project(p: &str) -> Result<(), &'static str> {
     if !id.starts_with(|c: char| c.is_ascii_lowercase()) || id.ends_with('-') {
         return Err("a project id starts with a lowercase letter and does not end with '-'");
     }
-    if !id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') {
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
         return Err("a project id holds only lowercase letters, digits and '-' (use the id, not the display name)");
     }
     Ok(())
 }
 
 fn validate_vm_prefix(p: &str) -> Result<(), String> {
-    let ok_chars = p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    let ok_chars = p
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
     if p.is_empty() || !p.starts_with(|c: char| c.is_ascii_lowercase()) || !ok_chars {
         return Err("a VM name starts with a lowercase letter and holds only lowercase letters, digits and '-'".into());
     }
@@ -191,7 +204,8 @@ fn validate_user(u: &str) -> Result<(), &'static str> {
     let ok = !u.is_empty()
         && u.len() <= 32
         && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        && u.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
     if !ok {
         return Err("a Linux user name is 1-32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'");
     }
@@ -211,7 +225,11 @@ fn validate_env_key(k: &str) -> bool {
 fn validate_zone(z: &str) -> bool {
     let parts: Vec<&str> = z.split('-').collect();
     parts.len() == 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
         && parts[2].len() == 1
 }
 
@@ -240,7 +258,11 @@ pub fn job_command(script: &str, args: &[String]) -> Vec<String> {
 
 /// The store, checked, for any subcommand.
 pub fn store(settings: &Settings) -> Result<StoreUrl, Problems> {
-    let mut problems: Vec<String> = settings.file_problems.iter().map(|p| p.message.clone()).collect();
+    let mut problems: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|p| p.message.clone())
+        .collect();
     let url = match &settings.gcs_dir {
         None => {
             problems.push(format!(
@@ -272,18 +294,37 @@ pub fn project(settings: &Settings) -> Result<String, Problems> {
         )])),
         Some(s) => validate_project(&s.value)
             .map(|()| s.value.clone())
-            .map_err(|why| Problems(vec![format!("{}: {why}", from(&settings.project, "GCLOUD_PROJECT"))])),
+            .map_err(|why| {
+                Problems(vec![format!(
+                    "{}: {why}",
+                    from(&settings.project, "GCLOUD_PROJECT")
+                )])
+            }),
     }
 }
 
 /// Validate everything into a plan.
 pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan, Problems> {
-    let mut p: Vec<String> = settings.file_problems.iter().map(|f| f.message.clone()).collect();
+    let mut p: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|f| f.message.clone())
+        .collect();
 
-    let project = required(&settings.project, "project", "GCLOUD_PROJECT", "my-project", &mut p).map(str::to_string);
+    let project = required(
+        &settings.project,
+        "project",
+        "GCLOUD_PROJECT",
+        "my-project",
+        &mut p,
+    )
+    .map(str::to_string);
     if let Some(id) = &project {
         if let Err(why) = validate_project(id) {
-            p.push(format!("{}: {why}", from(&settings.project, "GCLOUD_PROJECT")));
+            p.push(format!(
+                "{}: {why}",
+                from(&settings.project, "GCLOUD_PROJECT")
+            ));
         }
     }
     let account = settings.account.as_ref().map(|s| s.value.clone());
@@ -296,7 +337,13 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         }
     }
 
-    let gcs = required(&settings.gcs_dir, "gcs_dir", "GCS_DIR", "gs://my-bucket/cloudrun", &mut p);
+    let gcs = required(
+        &settings.gcs_dir,
+        "gcs_dir",
+        "GCS_DIR",
+        "gs://my-bucket/cloudrun",
+        &mut p,
+    );
     let mut store = None;
     if let Some(v) = gcs {
         match StoreUrl::parse(v) {
@@ -306,14 +353,30 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
                 from(&settings.gcs_dir, "GCS_DIR"),
                 how_to_set("gcs_dir", "gs://my-bucket/cloudrun")
             )),
-            Err(e) => p.push(format!("{e} (from {})", settings.gcs_dir.as_ref().map(|s| s.source.to_string()).unwrap_or_default())),
+            Err(e) => p.push(format!(
+                "{e} (from {})",
+                settings
+                    .gcs_dir
+                    .as_ref()
+                    .map(|s| s.source.to_string())
+                    .unwrap_or_default()
+            )),
         }
     }
 
-    let prefix = required(&settings.vm_instance, "vm_instance", "VM_INSTANCE", "trainer", &mut p);
+    let prefix = required(
+        &settings.vm_instance,
+        "vm_instance",
+        "VM_INSTANCE",
+        "trainer",
+        &mut p,
+    );
     if let Some(v) = prefix {
         if let Err(why) = validate_vm_prefix(v) {
-            p.push(format!("{}: {why}", from(&settings.vm_instance, "VM_INSTANCE")));
+            p.push(format!(
+                "{}: {why}",
+                from(&settings.vm_instance, "VM_INSTANCE")
+            ));
         }
     }
     let user = required(&settings.vm_user, "vm_user", "VM_USER", "trainer", &mut p);
@@ -344,11 +407,19 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
                 ));
             }
             if z.value.is_empty() {
-                p.push(format!("zones (from {}) is empty: list at least one zone, e.g. --zone us-central1-a", z.source));
+                p.push(format!(
+                    "zones (from {}) is empty: list at least one zone, e.g. --zone us-central1-a",
+                    z.source
+                ));
             }
             z.value.clone()
         }
-        (None, Some(h)) => h.gpu.default_zones().iter().map(|s| s.to_string()).collect(),
+        (None, Some(h)) => h
+            .gpu
+            .default_zones()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         (None, None) => Vec::new(),
     };
 
@@ -375,7 +446,11 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         p.push(format!("max_time is longer than the 120 days Compute allows (with a {CLOUD_DEADLINE_MARGIN_SECS} s margin)"));
     }
 
-    let disk_gb = settings.disk_gb.as_ref().map(|s| s.value).unwrap_or(DEFAULT_DISK_GB);
+    let disk_gb = settings
+        .disk_gb
+        .as_ref()
+        .map(|s| s.value)
+        .unwrap_or(DEFAULT_DISK_GB);
     if disk_gb < MIN_DISK_GB {
         p.push(format!("disk_gb {disk_gb} is below {MIN_DISK_GB} GB, smaller than the Deep Learning VM images: {}", how_to_set("disk_gb", "100")));
     }
@@ -396,7 +471,12 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         .output_dirs
         .as_ref()
         .map(|s| s.value.clone())
-        .unwrap_or_else(|| cloudrun::spec::DEFAULT_OUTPUT_DIRS.iter().map(|s| s.to_string()).collect());
+        .unwrap_or_else(|| {
+            cloudrun::spec::DEFAULT_OUTPUT_DIRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
 
     // The script.
     let command = match inputs.command.split_first() {
@@ -406,8 +486,12 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         }
         Some((script, args)) => {
             let path = settings.project_dir.join(script);
-            if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err() {
-                p.push(format!("script {script:?} must be a path inside the project folder {}", settings.project_dir.display()));
+            if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err()
+            {
+                p.push(format!(
+                    "script {script:?} must be a path inside the project folder {}",
+                    settings.project_dir.display()
+                ));
             } else if !path.is_file() {
                 p.push(format!("script {script:?} not found in the project folder {} (run from the project folder or pass -C DIR)", settings.project_dir.display()));
             }
@@ -423,7 +507,10 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         .or_else(|| inputs.default_agent.clone());
     let agent = match &agent_path {
         None => {
-            p.push(format!("no agent binary: build it with scripts/build-agent.sh, then {}", how_to_set("agent_binary", "/path/to/cloudrun-agent")));
+            p.push(format!(
+                "no agent binary: build it with scripts/build-agent.sh, then {}",
+                how_to_set("agent_binary", "/path/to/cloudrun-agent")
+            ));
             None
         }
         Some(path) => match hash_agent(path) {
@@ -449,7 +536,10 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     let mut agent_max = max_time_secs;
     if let (Some(b), Some(e)) = (budget, &estimate) {
         if !(b.is_finite() && b > 0.0) {
-            p.push(format!("budget {b} is not a positive amount of US dollars: {}", how_to_set("budget", "20")));
+            p.push(format!(
+                "budget {b} is not a positive amount of US dollars: {}",
+                how_to_set("budget", "20")
+            ));
         } else if !e.is_complete() {
             p.push(format!(
                 "a budget needs a complete price, and the price table has no {}: add it to a prices.toml (--prices FILE)",
@@ -457,7 +547,10 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             ));
         } else if let Some(secs) = cloudrun::billing::secs_for_budget(b, e.usd_per_hour) {
             if secs < MIN_BUDGET_SECS {
-                p.push(format!("budget ${b} buys only {secs} s at ${:.2}/h; Compute bills at least a minute", e.usd_per_hour));
+                p.push(format!(
+                    "budget ${b} buys only {secs} s at ${:.2}/h; Compute bills at least a minute",
+                    e.usd_per_hour
+                ));
             }
             agent_max = agent_max.min(secs);
         }
@@ -476,13 +569,27 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         None => IdlePolicy::default(),
     };
 
-    let prices_problem = settings.prices.as_ref().and_then(|s| (!s.value.is_file()).then(|| s.value.clone()));
+    let prices_problem = settings
+        .prices
+        .as_ref()
+        .and_then(|s| (!s.value.is_file()).then(|| s.value.clone()));
     if let Some(path) = prices_problem {
-        p.push(format!("prices file {} not found: {}", path.display(), how_to_set("prices", "prices.toml")));
+        p.push(format!(
+            "prices file {} not found: {}",
+            path.display(),
+            how_to_set("prices", "prices.toml")
+        ));
     }
 
-    let (Some(project), Some(store), Some(prefix), Some(user), Some(hardware), Some(agent), Some(estimate)) =
-        (project, store, prefix, user, hardware, agent, estimate)
+    let (
+        Some(project),
+        Some(store),
+        Some(prefix),
+        Some(user),
+        Some(hardware),
+        Some(agent),
+        Some(estimate),
+    ) = (project, store, prefix, user, hardware, agent, estimate)
     else {
         return Err(Problems(p));
     };
@@ -613,24 +720,49 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut st = good(dir.path());
         st.budget = s(2.0);
-        st.env.insert("EPOCHS".into(), Sourced { value: "50".into(), source: Source::Default });
+        st.env.insert(
+            "EPOCHS".into(),
+            Sourced {
+                value: "50".into(),
+                source: Source::Default,
+            },
+        );
         let prices = PriceTable::builtin();
         let cmd = vec!["main.py".to_string(), "--epochs".into(), "5".into()];
         let plan = build(&st, &inputs(&cmd, &prices)).unwrap_err();
         // L4's VM part is not in the built-in table, so a budget is refused…
-        assert!(plan.to_string().contains("[machine.g2-standard-8]"), "{plan}");
+        assert!(
+            plan.to_string().contains("[machine.g2-standard-8]"),
+            "{plan}"
+        );
         // …and accepted once the price is complete.
         let prices = PriceTable::builtin().overlay(
-            PriceTable::from_toml("[machine.g2-standard-8]\non_demand = 0.30\nspot = 0.12\n", "p.toml").unwrap(),
+            PriceTable::from_toml(
+                "[machine.g2-standard-8]\non_demand = 0.30\nspot = 0.12\n",
+                "p.toml",
+            )
+            .unwrap(),
         );
         let plan = build(&st, &inputs(&cmd, &prices)).unwrap();
         assert!(plan.instance_name.starts_with("trainer-20261126-071500-"));
-        assert_eq!(plan.spec.job.command, ["python3", "main.py", "--epochs", "5"]);
+        assert_eq!(
+            plan.spec.job.command,
+            ["python3", "main.py", "--epochs", "5"]
+        );
         assert_eq!(plan.spec.job.env["EPOCHS"], "50");
-        assert_eq!(plan.zones.first().map(String::as_str), Some("us-central1-a"));
+        assert_eq!(
+            plan.zones.first().map(String::as_str),
+            Some("us-central1-a")
+        );
         let per_h = 0.56004 + 0.30;
-        assert_eq!(plan.spec.policies.max_run_secs, (2.0 / per_h * 3600.0) as u64);
-        assert_eq!(plan.cloud_max_run_secs, plan.spec.policies.max_run_secs + CLOUD_DEADLINE_MARGIN_SECS);
+        assert_eq!(
+            plan.spec.policies.max_run_secs,
+            (2.0 / per_h * 3600.0) as u64
+        );
+        assert_eq!(
+            plan.cloud_max_run_secs,
+            plan.spec.policies.max_run_secs + CLOUD_DEADLINE_MARGIN_SECS
+        );
         assert!(plan.agent_url().starts_with("gs://my-bucket/cr/agent/"));
     }
 
@@ -663,29 +795,53 @@ pub(crate) mod tests {
         let cmd = vec!["main.py".to_string()];
         type Mutate = fn(&mut Settings);
         let cases: Vec<(Mutate, &str)> = vec![
-            (|s| s.project = s_("My Project"), "GCLOUD_PROJECT \"My Project\" (from env TEST)"),
-            (|s| s.account = s_("alice"), "e-mail address"),
-            (|s| s.gcs_dir = s_("s3://bkt"), "must start with gs://"),
-            (|s| s.gcs_dir = s_("file:///tmp/x"), "a VM cannot read a local directory"),
-            (|s| s.vm_instance = s_("Trainer"), "VM_INSTANCE \"Trainer\""),
-            (|s| s.vm_instance = s_(&"x".repeat(50)), "at most 42"),
-            (|s| s.vm_user = s_("root"), "other than root"),
-            (|s| s.vm_user = s_("a b"), "Linux user name"),
-            (|s| s.gpu = s_("l4:3"), "1, 2, 4, 8"),
-            (|s| s.zones = s(vec!["uscentral1".into()]), "not zone names"),
-            (|s| s.max_time = s_("forever"), "not a duration"),
-            (|s| s.max_time = s_("10s"), "under 30 s"),
-            (|s| s.max_time = s_("200days"), "120 days"),
-            (|s| s.disk_gb = s(10), "below 50 GB"),
-            (|s| s.budget = s(-1.0), "not a positive amount"),
             (
-                |s| {
-                    s.env.insert("BAD KEY".into(), Sourced { value: "1".into(), source: Source::Flag("--env".into()) });
+                |st| st.project = s_("My Project"),
+                "GCLOUD_PROJECT \"My Project\" (from env TEST)",
+            ),
+            (|st| st.account = s_("alice"), "e-mail address"),
+            (|st| st.gcs_dir = s_("s3://bkt"), "must start with gs://"),
+            (
+                |st| st.gcs_dir = s_("file:///tmp/x"),
+                "a VM cannot read a local directory",
+            ),
+            (
+                |st| st.vm_instance = s_("Trainer"),
+                "VM_INSTANCE \"Trainer\"",
+            ),
+            (|st| st.vm_instance = s_(&"x".repeat(50)), "at most 42"),
+            (|st| st.vm_user = s_("root"), "other than root"),
+            (|st| st.vm_user = s_("a b"), "Linux user name"),
+            (|st| st.gpu = s_("l4:3"), "1, 2, 4, 8"),
+            (
+                |st| st.zones = s(vec!["uscentral1".into()]),
+                "not zone names",
+            ),
+            (|st| st.max_time = s_("forever"), "not a duration"),
+            (|st| st.max_time = s_("10s"), "under 30 s"),
+            (|st| st.max_time = s_("200days"), "120 days"),
+            (|st| st.disk_gb = s(10), "below 50 GB"),
+            (|st| st.budget = s(-1.0), "not a positive amount"),
+            (
+                |st| {
+                    st.env.insert(
+                        "BAD KEY".into(),
+                        Sourced {
+                            value: "1".into(),
+                            source: Source::Flag("--env".into()),
+                        },
+                    );
                 },
                 "environment entry \"BAD KEY\"",
             ),
-            (|s| s.agent_binary = s(PathBuf::from("/nonexistent/agent")), "scripts/build-agent.sh"),
-            (|s| s.prices = s(PathBuf::from("/nonexistent/prices.toml")), "prices file"),
+            (
+                |st| st.agent_binary = s(PathBuf::from("/nonexistent/agent")),
+                "scripts/build-agent.sh",
+            ),
+            (
+                |st| st.prices = s(PathBuf::from("/nonexistent/prices.toml")),
+                "prices file",
+            ),
         ];
         fn s_(v: &str) -> Option<Sourced<String>> {
             s(v.to_string())
@@ -699,13 +855,18 @@ pub(crate) mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let st = good(dir.path());
-        let err = build(&st, &inputs(&["missing.py".to_string()], &prices)).unwrap_err().to_string();
+        let err = build(&st, &inputs(&["missing.py".to_string()], &prices))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"missing.py\" not found"), "{err}");
     }
 
     #[test]
     fn scripts_map_to_their_interpreter() {
-        assert_eq!(job_command("run.sh", &["-x".into()]), ["bash", "run.sh", "-x"]);
+        assert_eq!(
+            job_command("run.sh", &["-x".into()]),
+            ["bash", "run.sh", "-x"]
+        );
         assert_eq!(job_command("train", &[]), ["./train"]);
     }
 }

@@ -78,8 +78,15 @@ impl Store {
     /// Every run id with a spec or a status, oldest first.
     pub async fn run_ids(&self) -> Result<Vec<RunId>, RunsError> {
         let prefix = self.layout.runs_prefix();
-        let objs = self.storage.list(&prefix).await.map_err(st(format!("listing {prefix}")))?;
-        let ids: BTreeSet<RunId> = objs.iter().filter_map(|o| self.layout.run_of_key(&o.key)).collect();
+        let objs = self
+            .storage
+            .list(&prefix)
+            .await
+            .map_err(st(format!("listing {prefix}")))?;
+        let ids: BTreeSet<RunId> = objs
+            .iter()
+            .filter_map(|o| self.layout.run_of_key(&o.key))
+            .collect();
         Ok(ids.into_iter().collect())
     }
 
@@ -95,9 +102,14 @@ impl Store {
         Ok(RunId::parse(arg)?)
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, RunsError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, RunsError> {
         match self.storage.get_bytes(key).await {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| RunsError::Json(key.to_string(), e)),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| RunsError::Json(key.to_string(), e)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(st(format!("reading {key}"))(e)),
         }
@@ -123,11 +135,19 @@ impl Store {
     /// All GPU samples of a run, in write order. Lines that do not parse are skipped.
     pub async fn metrics(&self, run: &RunId) -> Result<Vec<GpuSample>, RunsError> {
         let prefix = self.layout.metrics_prefix(run);
-        let mut objs = self.storage.list(&prefix).await.map_err(st(format!("listing {prefix}")))?;
+        let mut objs = self
+            .storage
+            .list(&prefix)
+            .await
+            .map_err(st(format!("listing {prefix}")))?;
         objs.sort_by(|a, b| a.key.cmp(&b.key));
         let mut out = Vec::new();
         for o in objs {
-            let b = self.storage.get_bytes(&o.key).await.map_err(st(format!("reading {}", o.key)))?;
+            let b = self
+                .storage
+                .get_bytes(&o.key)
+                .await
+                .map_err(st(format!("reading {}", o.key)))?;
             for line in String::from_utf8_lossy(&b).lines() {
                 if let Ok(s) = serde_json::from_str::<GpuSample>(line) {
                     out.push(s);
@@ -148,7 +168,10 @@ pub struct RunView {
 
 impl RunView {
     pub fn phase(&self) -> Phase {
-        self.status.as_ref().map(|s| s.phase).unwrap_or(Phase::Launching)
+        self.status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or(Phase::Launching)
     }
 
     /// Project, zone and name of the VM, from the status or the spec.
@@ -161,13 +184,20 @@ impl RunView {
     }
 
     pub fn zone(&self) -> String {
-        self.instance().map(|(_, z, _)| z).unwrap_or_else(|| "-".into())
+        self.instance()
+            .map(|(_, z, _)| z)
+            .unwrap_or_else(|| "-".into())
     }
 
     pub fn gpu(&self) -> String {
         match self.spec.as_ref().map(|s| &s.placement) {
             Some(p) => match &p.gpu {
-                Some(g) => format!("{}×{}{}", p.gpu_count, g.trim_start_matches("nvidia-").trim_start_matches("tesla-"), if p.spot { " spot" } else { "" }),
+                Some(g) => format!(
+                    "{}×{}{}",
+                    p.gpu_count,
+                    g.trim_start_matches("nvidia-").trim_start_matches("tesla-"),
+                    if p.spot { " spot" } else { "" }
+                ),
                 None => "-".into(),
             },
             None => "-".into(),
@@ -187,7 +217,10 @@ impl RunView {
             Some(s) => s,
             None => return 0.0,
         };
-        s.receipt.as_ref().map(|r| r.total_usd).unwrap_or(s.cost_usd)
+        s.receipt
+            .as_ref()
+            .map(|r| r.total_usd)
+            .unwrap_or(s.cost_usd)
     }
 
     pub fn end(&self) -> String {
@@ -202,7 +235,11 @@ impl RunView {
     pub fn silent(&self, now: DateTime<Utc>) -> bool {
         match &self.status {
             Some(s) if !s.phase.is_terminal() => {
-                let grace = if s.phase == Phase::Launching { NO_STATUS_GRACE_SECS } else { STALE_HEARTBEAT_SECS };
+                let grace = if s.phase == Phase::Launching {
+                    NO_STATUS_GRACE_SECS
+                } else {
+                    STALE_HEARTBEAT_SECS
+                };
                 (now - s.updated_at).num_seconds() > grace
             }
             _ => false,
@@ -248,15 +285,28 @@ pub fn mean_util(s: &GpuSample) -> Option<f64> {
 }
 
 /// Live cloudrun VMs by run id (label `cloudrun-run`), or why they could not be listed.
-pub async fn live_vms(compute: Option<(&dyn Compute, &str)>) -> Result<BTreeMap<String, Instance>, String> {
+pub async fn live_vms(
+    compute: Option<(&dyn Compute, &str)>,
+) -> Result<BTreeMap<String, Instance>, String> {
     let Some((c, project)) = compute else {
         return Err("VM check skipped: no project or credentials".into());
     };
     let filter = format!("labels.{LABEL_MANAGED} = true");
-    let vms = c.list_instances(project, None, &filter).await.map_err(|e| format!("VM check failed: {e}"))?;
+    let vms = c
+        .list_instances(project, None, &filter)
+        .await
+        .map_err(|e| format!("VM check failed: {e}"))?;
     Ok(vms
         .into_iter()
-        .map(|i| (i.labels.get(LABEL_RUN).cloned().unwrap_or_else(|| format!("?{}", i.name)), i))
+        .map(|i| {
+            (
+                i.labels
+                    .get(LABEL_RUN)
+                    .cloned()
+                    .unwrap_or_else(|| format!("?{}", i.name)),
+                i,
+            )
+        })
         .collect())
 }
 
@@ -296,20 +346,35 @@ pub async fn status_table(
                 gpu: v.gpu(),
                 elapsed_secs: v.elapsed_secs(now),
                 cost_usd: v.cost(),
-                end_reason: v.status.as_ref().and_then(|s| s.end.as_ref()).map(|e| e.reason),
+                end_reason: v
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.end.as_ref())
+                    .map(|e| e.reason),
                 vm_up: vms.as_ref().ok().map(|m| m.contains_key(v.run.as_str())),
             })
             .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        )?;
         return Ok(());
     }
     if views.is_empty() {
         writeln!(out, "no runs under {} yet", store.storage.describe())?;
         return Ok(());
     }
-    writeln!(out, "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  {}", "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST", "END")?;
+    writeln!(
+        out,
+        "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  END",
+        "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST"
+    )?;
     for v in &views {
-        let vm_up = vms.as_ref().map(|m| m.contains_key(v.run.as_str())).unwrap_or(false);
+        let vm_up = vms
+            .as_ref()
+            .map(|m| m.contains_key(v.run.as_str()))
+            .unwrap_or(false);
         let mut end = v.end();
         if v.phase().is_terminal() && vm_up {
             end.push_str("  [VM still up: cloudrun-launch sweep]");
@@ -324,7 +389,9 @@ pub async fn status_table(
             phase_name(v.phase()),
             v.zone(),
             v.gpu(),
-            v.elapsed_secs(now).map(|s| cloudrun::billing::format_secs(s as u64)).unwrap_or_else(|| "-".into()),
+            v.elapsed_secs(now)
+                .map(|s| cloudrun::billing::format_secs(s as u64))
+                .unwrap_or_else(|| "-".into()),
             format!("${:.2}", v.cost()),
             end
         )?;
@@ -347,7 +414,10 @@ pub async fn status_one(
     let v = store.load(run).await?;
     let samples = store.metrics(run).await?;
     let vm: Result<Option<Instance>, String> = match (compute, v.instance()) {
-        (Some((c, _)), Some((p, z, n))) => c.get_instance(&p, &z, &n).await.map_err(|e| format!("VM check failed: {e}")),
+        (Some((c, _)), Some((p, z, n))) => c
+            .get_instance(&p, &z, &n)
+            .await
+            .map_err(|e| format!("VM check failed: {e}")),
         (None, _) => Err("VM check skipped: no project or credentials".into()),
         (_, None) => Ok(None),
     };
@@ -359,7 +429,11 @@ pub async fn status_one(
             "spec": v.spec,
             "vm": match &vm { Ok(Some(i)) => serde_json::json!({"name": i.name, "status": i.status, "zone": i.zone_name()}), Ok(None) => serde_json::Value::Null, Err(e) => serde_json::json!({"error": e}) },
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        )?;
         return Ok(());
     }
     writeln!(out, "run      {}", v.run)?;
@@ -380,16 +454,46 @@ pub async fn status_one(
         if let Some(e) = v.elapsed_secs(now) {
             writeln!(out, "elapsed  {}", cloudrun::billing::format_secs(e as u64))?;
         }
-        writeln!(out, "cost     ${:.2} at ${:.2}/h{}", v.cost(), s.usd_per_hour, s.budget_usd.map(|b| format!(" (budget ${b:.2})")).unwrap_or_default())?;
+        writeln!(
+            out,
+            "cost     ${:.2} at ${:.2}/h{}",
+            v.cost(),
+            s.usd_per_hour,
+            s.budget_usd
+                .map(|b| format!(" (budget ${b:.2})"))
+                .unwrap_or_default()
+        )?;
         if let Some(g) = &s.last_gpu {
-            let util: Vec<String> = g.gpus.iter().map(|r| r.util_gpu_pct.map(|u| format!("{u:.0}%")).unwrap_or_else(|| "?".into())).collect();
-            writeln!(out, "gpu now  {} at {}", util.join(" "), g.at.format("%H:%M:%S UTC"))?;
+            let util: Vec<String> = g
+                .gpus
+                .iter()
+                .map(|r| {
+                    r.util_gpu_pct
+                        .map(|u| format!("{u:.0}%"))
+                        .unwrap_or_else(|| "?".into())
+                })
+                .collect();
+            writeln!(
+                out,
+                "gpu now  {} at {}",
+                util.join(" "),
+                g.at.format("%H:%M:%S UTC")
+            )?;
         }
         if let Some(note) = &s.gpu_note {
             writeln!(out, "note     {note}")?;
         }
         if let Some(e) = &s.end {
-            writeln!(out, "end      {}{}", e.reason.describe(), if e.message.is_empty() { String::new() } else { format!(": {}", e.message) })?;
+            writeln!(
+                out,
+                "end      {}{}",
+                e.reason.describe(),
+                if e.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.message)
+                }
+            )?;
         }
         if let Some(r) = &s.receipt {
             writeln!(out, "receipt  {}", r.summary())?;
@@ -398,10 +502,17 @@ pub async fn status_one(
             writeln!(out, "warning  {w}")?;
         }
         if v.silent(now) {
-            writeln!(out, "warning  no heartbeat since {}: the agent may be gone", s.updated_at.format("%Y-%m-%d %H:%M UTC"))?;
+            writeln!(
+                out,
+                "warning  no heartbeat since {}: the agent may be gone",
+                s.updated_at.format("%Y-%m-%d %H:%M UTC")
+            )?;
         }
     } else {
-        writeln!(out, "status   none yet (the VM is booting or the launch did not finish)")?;
+        writeln!(
+            out,
+            "status   none yet (the VM is booting or the launch did not finish)"
+        )?;
     }
     if !samples.is_empty() {
         writeln!(out, "gpu util {}", sparkline(&samples))?;
@@ -417,14 +528,22 @@ async fn print_new_chunks(
     out: &mut dyn Write,
 ) -> Result<usize, RunsError> {
     let prefix = store.layout.logs_prefix(run);
-    let mut objs = store.storage.list(&prefix).await.map_err(st(format!("listing {prefix}")))?;
+    let mut objs = store
+        .storage
+        .list(&prefix)
+        .await
+        .map_err(st(format!("listing {prefix}")))?;
     objs.sort_by(|a, b| a.key.cmp(&b.key));
     let mut n = 0;
     for o in objs {
         if seen.contains(&o.key) {
             continue;
         }
-        let b = store.storage.get_bytes(&o.key).await.map_err(st(format!("reading {}", o.key)))?;
+        let b = store
+            .storage
+            .get_bytes(&o.key)
+            .await
+            .map_err(st(format!("reading {}", o.key)))?;
         out.write_all(&b)?;
         out.flush()?;
         seen.insert(o.key);
@@ -502,7 +621,11 @@ pub async fn stop(
     let req = StopRequest {
         requested_at: now,
         by: by.to_string(),
-        message: Some(if now_flag { "stop --now".into() } else { "stop".into() }),
+        message: Some(if now_flag {
+            "stop --now".into()
+        } else {
+            "stop".into()
+        }),
     };
     let key = store.layout.stop_request(run);
     store
@@ -515,15 +638,34 @@ pub async fn stop(
         .await
         .map_err(st(format!("writing {key}")))?;
     if !now_flag {
-        let every = v.spec.as_ref().map(|s| s.policies.intervals.stop_poll_secs).unwrap_or(cloudrun::spec::DEFAULT_STOP_POLL_SECS);
+        let every = v
+            .spec
+            .as_ref()
+            .map(|s| s.policies.intervals.stop_poll_secs)
+            .unwrap_or(cloudrun::spec::DEFAULT_STOP_POLL_SECS);
         writeln!(out, "asked run {run} to stop: within ~{every} s the agent stops the job, syncs outputs, then deletes the VM (follow with `cloudrun-launch logs -f {run}`)")?;
         return Ok(());
     }
-    let (p, z, n) = v.instance().ok_or_else(|| RunsError::NoInstance(run.clone()))?;
-    let compute = compute.ok_or_else(|| RunsError::Other("stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into()))?;
+    let (p, z, n) = v
+        .instance()
+        .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
+    let compute = compute.ok_or_else(|| {
+        RunsError::Other(
+            "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
+        )
+    })?;
     let rid = uuid::Uuid::new_v4().to_string();
-    match compute.delete_instance(&p, &z, &n, &rid).await.map_err(|source| RunsError::Compute { what: format!("deleting {n}"), source })? {
-        Some(_) => writeln!(out, "deleting VM {n} in {z}; outputs not yet synced are lost")?,
+    match compute
+        .delete_instance(&p, &z, &n, &rid)
+        .await
+        .map_err(|source| RunsError::Compute {
+            what: format!("deleting {n}"),
+            source,
+        })? {
+        Some(_) => writeln!(
+            out,
+            "deleting VM {n} in {z}; outputs not yet synced are lost"
+        )?,
         None => writeln!(out, "VM {n} is already gone")?,
     }
     Ok(())
@@ -538,7 +680,11 @@ pub async fn ls(
 ) -> Result<(), RunsError> {
     let ids = store.run_ids().await?;
     let vms = live_vms(compute).await;
-    writeln!(out, "{:<22} {:<10} {:<14} {:>8}  {}", "RUN", "PHASE", "GPU", "COST", "VM")?;
+    writeln!(
+        out,
+        "{:<22} {:<10} {:<14} {:>8}  VM",
+        "RUN", "PHASE", "GPU", "COST"
+    )?;
     let mut shown = BTreeSet::new();
     for id in ids.iter().rev() {
         let v = store.load(id).await?;
@@ -554,12 +700,30 @@ pub async fn ls(
         if v.silent(now) {
             phase.push('?');
         }
-        writeln!(out, "{:<22} {:<10} {:<14} {:>8}  {}", id.as_str(), phase, v.gpu(), format!("${:.2}", v.cost()), vm)?;
+        writeln!(
+            out,
+            "{:<22} {:<10} {:<14} {:>8}  {}",
+            id.as_str(),
+            phase,
+            v.gpu(),
+            format!("${:.2}", v.cost()),
+            vm
+        )?;
     }
     match vms {
         Ok(m) => {
             for (run, i) in m.iter().filter(|(r, _)| !shown.contains(*r)) {
-                writeln!(out, "{:<22} {:<10} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]", run, "-", "-", "-", i.name, i.status, i.zone_name())?;
+                writeln!(
+                    out,
+                    "{:<22} {:<10} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]",
+                    run,
+                    "-",
+                    "-",
+                    "-",
+                    i.name,
+                    i.status,
+                    i.zone_name()
+                )?;
             }
         }
         Err(note) => writeln!(out, "({note})")?,
@@ -588,12 +752,19 @@ pub async fn sweep_candidates(
     let vms = compute
         .list_instances(project, None, &filter)
         .await
-        .map_err(|source| RunsError::Compute { what: "listing cloudrun VMs".into(), source })?;
+        .map_err(|source| RunsError::Compute {
+            what: "listing cloudrun VMs".into(),
+            source,
+        })?;
     let mut out = Vec::new();
     for vm in vms {
         let run = vm.labels.get(LABEL_RUN).cloned().unwrap_or_default();
-        let created = DateTime::parse_from_rfc3339(&vm.creation_timestamp).ok().map(|t| t.with_timezone(&Utc));
-        let old = created.map(|c| (now - c).num_seconds() > NO_STATUS_GRACE_SECS).unwrap_or(true);
+        let created = DateTime::parse_from_rfc3339(&vm.creation_timestamp)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        let old = created
+            .map(|c| (now - c).num_seconds() > NO_STATUS_GRACE_SECS)
+            .unwrap_or(true);
         let why = match RunId::parse(&run) {
             Err(_) => old.then(|| "no cloudrun-run label".to_string()),
             Ok(id) => match store.load(&id).await {
@@ -601,7 +772,9 @@ pub async fn sweep_candidates(
                 Ok(v) if v.silent(now) => Some("no heartbeat".to_string()),
                 Ok(v) if v.status.is_none() && old => Some("no status after boot".to_string()),
                 Ok(_) => None,
-                Err(RunsError::NoSuchRun { .. }) => old.then(|| "its run is not in this GCS_DIR".to_string()),
+                Err(RunsError::NoSuchRun { .. }) => {
+                    old.then(|| "its run is not in this GCS_DIR".to_string())
+                }
                 Err(e) => return Err(e),
             },
         };
@@ -635,7 +808,9 @@ pub async fn sweep(
     for v in &c {
         if yes {
             let rid = uuid::Uuid::new_v4().to_string();
-            let r = compute.delete_instance(&v.project, &v.zone, &v.name, &rid).await;
+            let r = compute
+                .delete_instance(&v.project, &v.zone, &v.name, &rid)
+                .await;
             match r {
                 Ok(_) => writeln!(out, "deleting {} in {} ({})", v.name, v.zone, v.why)?,
                 Err(e) => writeln!(out, "could not delete {} in {}: {e}", v.name, v.zone)?,
@@ -645,7 +820,11 @@ pub async fn sweep(
         }
     }
     if !yes {
-        writeln!(out, "{} VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them", c.len())?;
+        writeln!(
+            out,
+            "{} VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them",
+            c.len()
+        )?;
     }
     Ok(c.len())
 }

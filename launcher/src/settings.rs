@@ -153,7 +153,11 @@ pub fn default_user_file(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf
     directories::BaseDirs::new().map(|d| d.config_dir().join(USER_FILE))
 }
 
-fn read_layer(path: &Path, files: &mut Vec<(PathBuf, bool)>, problems: &mut Vec<FileProblem>) -> Layer {
+fn read_layer(
+    path: &Path,
+    files: &mut Vec<(PathBuf, bool)>,
+    problems: &mut Vec<FileProblem>,
+) -> Layer {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             files.push((path.to_path_buf(), true));
@@ -293,7 +297,11 @@ impl Settings {
     pub fn describe(&self) -> String {
         fn line<T: fmt::Debug>(out: &mut String, key: &str, v: &Option<Sourced<T>>) {
             match v {
-                Some(s) => out.push_str(&format!("{key:<16} = {:<40} # {}\n", fmt_value(&s.value), s.source)),
+                Some(s) => out.push_str(&format!(
+                    "{key:<16} = {:<40} # {}\n",
+                    fmt_value(&s.value),
+                    s.source
+                )),
                 None => out.push_str(&format!("{key:<16}   (not set)\n")),
             }
         }
@@ -301,7 +309,10 @@ impl Settings {
             format!("{v:?}")
         }
         let mut out = String::new();
-        out.push_str(&format!("# project folder: {}\n", self.project_dir.display()));
+        out.push_str(&format!(
+            "# project folder: {}\n",
+            self.project_dir.display()
+        ));
         for (p, found) in &self.files {
             out.push_str(&format!(
                 "# settings file: {} ({})\n",
@@ -334,7 +345,12 @@ impl Settings {
         } else {
             out.push_str("[env]\n");
             for (k, v) in &self.env {
-                out.push_str(&format!("{:<16} = {:<40} # {}\n", k, format!("{:?}", v.value), v.source));
+                out.push_str(&format!(
+                    "{:<16} = {:<40} # {}\n",
+                    k,
+                    format!("{:?}", v.value),
+                    v.source
+                ));
             }
         }
         for p in &self.file_problems {
@@ -381,7 +397,11 @@ mod tests {
             "project = \"from-project\"\nvm_user = \"proj-user\"\ngpu = \"l4\"\n[env]\nEPOCHS = \"5\"\nBATCH = \"64\"\n",
         )
         .unwrap();
-        std::fs::write(&user, "vm_user = \"u\"\nspot = true\ngpu = \"t4\"\n[env]\nBATCH = \"8\"\nLR = \"0.1\"\n").unwrap();
+        std::fs::write(
+            &user,
+            "vm_user = \"u\"\nspot = true\ngpu = \"t4\"\n[env]\nBATCH = \"8\"\nLR = \"0.1\"\n",
+        )
+        .unwrap();
         let env = |k: &str| match k {
             ENV_PROJECT => Some("from-env".to_string()),
             ENV_GCS_DIR => Some("gs://b/p".to_string()),
@@ -401,14 +421,24 @@ mod tests {
             user_file: Some(user.clone()),
         });
         assert_eq!(s.project.as_ref().unwrap().value, "from-flag");
-        assert_eq!(s.project.as_ref().unwrap().source, Source::Flag("--project".into()));
+        assert_eq!(
+            s.project.as_ref().unwrap().source,
+            Source::Flag("--project".into())
+        );
         assert_eq!(s.gcs_dir.as_ref().unwrap().source, Source::Env(ENV_GCS_DIR));
         assert!(s.vm_instance.is_none(), "a blank variable counts as unset");
         assert_eq!(s.vm_user.as_ref().unwrap().value, "proj-user");
         assert_eq!(s.gpu.as_ref().unwrap().value, "l4");
         assert_eq!(s.spot.as_ref().unwrap().source, Source::File(user.clone()));
-        let env: BTreeMap<_, _> = s.env.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect();
-        assert_eq!(env, BTreeMap::from([("BATCH", "64"), ("EPOCHS", "50"), ("LR", "0.1")]));
+        let env: BTreeMap<_, _> = s
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            BTreeMap::from([("BATCH", "64"), ("EPOCHS", "50"), ("LR", "0.1")])
+        );
         let text = s.describe();
         assert!(text.contains("flag --project"), "{text}");
         assert!(text.contains("env GCS_DIR"), "{text}");
@@ -436,6 +466,9 @@ mod tests {
         let f = default_user_file(&|k| (k == "XDG_CONFIG_HOME").then(|| "/x/cfg".to_string()));
         assert_eq!(f, Some(PathBuf::from("/x/cfg/cloudrun/config.toml")));
         let f = default_user_file(&|k| (k == "HOME").then(|| "/home/me".to_string()));
-        assert_eq!(f, Some(PathBuf::from("/home/me/.config/cloudrun/config.toml")));
+        assert_eq!(
+            f,
+            Some(PathBuf::from("/home/me/.config/cloudrun/config.toml"))
+        );
     }
 }
