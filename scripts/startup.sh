@@ -15,6 +15,7 @@
 #   CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE  Compute API base URL
 #   CLOUDRUN_INSTALL_DIR                     where the agent is kept (/var/lib/cloudrun)
 #   CLOUDRUN_INIT                            systemd | detached | auto (default)
+#   CLOUDRUN_FETCH_ATTEMPTS, CLOUDRUN_FETCH_PAUSE_SECS  retry schedule (tests shorten it)
 set -uo pipefail
 
 META_HOST="${GCE_METADATA_HOST:-metadata.google.internal}"
@@ -24,8 +25,9 @@ COMPUTE="${COMPUTE%/}"
 INSTALL_DIR="${CLOUDRUN_INSTALL_DIR:-/var/lib/cloudrun}"
 BIN="${INSTALL_DIR}/bin/cloudrun-agent"
 UNIT=/etc/systemd/system/cloudrun-agent.service
-FETCH_ATTEMPTS=8          # tries to fetch the agent before giving up
-FETCH_MAX_BACKOFF_SECS=60 # longest pause between tries
+FETCH_ATTEMPTS="${CLOUDRUN_FETCH_ATTEMPTS:-8}"        # tries to fetch the agent before giving up
+FETCH_FIRST_PAUSE_SECS="${CLOUDRUN_FETCH_PAUSE_SECS:-5}" # first pause between tries (doubles)
+FETCH_MAX_BACKOFF_SECS=60                             # longest pause between tries
 CURL_TIMEOUT_SECS=300     # one download of the agent (a few MB)
 META_TIMEOUT_SECS=10      # one metadata request
 
@@ -79,7 +81,7 @@ delete_self() {
 }
 
 fetch_agent() {
-  local url="$1" sha="$2" host bucket object base tok tmp attempt=1 pause=5
+  local url="$1" sha="$2" host bucket object base tok tmp attempt=1 pause="$FETCH_FIRST_PAUSE_SECS"
   host="$(meta instance/attributes/cloudrun-storage-host 2>/dev/null)" || host=""
   if [ -n "$host" ]; then
     case "$host" in http://* | https://*) base="${host%/}" ;; *) base="http://${host%/}" ;; esac
@@ -104,7 +106,7 @@ fetch_agent() {
       log "agent download failed (attempt ${attempt} of ${FETCH_ATTEMPTS})"
     fi
     attempt=$((attempt + 1))
-    sleep "$pause"
+    [ "$attempt" -le "$FETCH_ATTEMPTS" ] && sleep "$pause"
     pause=$((pause * 2 > FETCH_MAX_BACKOFF_SECS ? FETCH_MAX_BACKOFF_SECS : pause * 2))
   done
   rm -f "$tmp"
