@@ -19,6 +19,7 @@ pub mod spec;
 pub mod status;
 pub mod storage;
 pub mod store_url;
+pub mod sync;
 
 pub use layout::Layout;
 pub use run_id::RunId;

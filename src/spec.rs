@@ -390,7 +390,8 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let cases: Vec<(fn(&mut RunSpec), &str)> = vec![
+        type Mutation = fn(&mut RunSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.job.command.clear(), "job.command"),
             (|s| s.job.output_dirs.push("../etc".into()), "output_dirs"),
             (|s| s.job.user = Some("a/b".into()), "job.user"),

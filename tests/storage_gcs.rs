@@ -1,0 +1,452 @@
+//! The GCS JSON backend against real emulators: fake-gcs-server for the everyday paths,
+//! gcp-storage-emulator for resumable-upload resume (fake-gcs-server ignores
+//! `Content-Range` starts), a connection-cutting proxy for faults, and Google's own
+//! Python client for wire compatibility in both directions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudrun::retry::RetryPolicy;
+use cloudrun::storage::gcs::{Endpoint, GcsStorage, SIMPLE_UPLOAD_MAX_BYTES};
+use cloudrun::storage::{crc32c_to_base64, PutOptions, Storage, StorageError};
+use cloudrun_testkit::{FakeGcs, FlakyProxy, StrictGcs, TempDir};
+use futures::StreamExt;
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 6,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        total_deadline: Duration::from_secs(5),
+    }
+}
+
+fn store(host: &str, bucket: &str) -> GcsStorage {
+    GcsStorage::new(bucket, Endpoint::emulator(host), None)
+        .unwrap()
+        .with_retry(fast_retry())
+}
+
+fn pattern(name: &str, size: usize) -> Vec<u8> {
+    // Same bytes as tests/py/wire_check.py makes.
+    let base: Vec<u8> = (0..251 * 7)
+        .map(|i| ((i * 7 + name.len()) % 251) as u8)
+        .collect();
+    base.iter().copied().cycle().take(size).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+#[tokio::test]
+async fn small_objects_round_trip_with_metadata_and_checksums() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt");
+    let mut opts = PutOptions::default().with_content_type("text/plain");
+    opts.metadata = BTreeMap::from([("step".to_string(), "100".to_string())]);
+    let m = s
+        .put_bytes(
+            "runs/a b/#x?+é.txt",
+            Bytes::from_static(b"hello world"),
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.size, 11);
+    assert_eq!(m.md5_base64.as_deref(), Some("XrY7u+Ae7tCTyyK7j1rNww=="));
+    assert_eq!(crc32c_to_base64(m.crc32c.unwrap()), "yZRlqg==");
+    let h = s.head("runs/a b/#x?+é.txt").await.unwrap().unwrap();
+    assert_eq!(h.metadata["step"], "100");
+    assert_eq!(h.generation, m.generation);
+    assert_eq!(
+        &s.get_bytes("runs/a b/#x?+é.txt").await.unwrap()[..],
+        b"hello world"
+    );
+    assert!(s.head("nope").await.unwrap().is_none());
+    assert!(s.get_bytes("nope").await.unwrap_err().is_not_found());
+    assert!(s.delete("runs/a b/#x?+é.txt").await.unwrap());
+    assert!(!s.delete("runs/a b/#x?+é.txt").await.unwrap());
+}
+
+#[tokio::test]
+async fn large_files_go_up_resumable_and_come_back_verified() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt").with_chunk_bytes(4 << 20);
+    let dir = TempDir::new("gcs-large");
+    let src = dir.path().join("ckpt.bin");
+    let data = pattern("ckpt", SIMPLE_UPLOAD_MAX_BYTES as usize + 3_000_001);
+    std::fs::write(&src, &data).unwrap();
+    let m = s
+        .put_file("outputs/checkpoint/ckpt.bin", &src, &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(m.size, data.len() as u64);
+    assert_eq!(m.crc32c, Some(crc32c::crc32c(&data)));
+    let dest = dir.path().join("back/ckpt.bin");
+    let n = s
+        .get_to_file("outputs/checkpoint/ckpt.bin", &dest)
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(
+        sha256_hex(&std::fs::read(&dest).unwrap()),
+        sha256_hex(&data)
+    );
+}
+
+#[tokio::test]
+async fn ranged_reads_return_exactly_the_range() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt");
+    s.put_bytes(
+        "k",
+        Bytes::from_static(b"0123456789"),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut st = s.get_stream("k", Some((3, Some(7)))).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = st.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, b"3456");
+    let mut st = s.get_stream("k", Some((8, None))).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = st.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, b"89");
+}
+
+#[tokio::test]
+async fn listing_follows_pages_and_respects_the_prefix() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = std::sync::Arc::new(store(&gcs.host(), "bkt"));
+    // More than one page (1000 a page).
+    let n = 1_030;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let s = s.clone();
+            async move {
+                s.put_bytes(
+                    &format!("blobs/{i:05}"),
+                    Bytes::from(format!("{i}")),
+                    &PutOptions::default(),
+                )
+                .await
+                .unwrap()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    s.put_bytes("blobsX", Bytes::from_static(b"x"), &PutOptions::default())
+        .await
+        .unwrap();
+    let all = s.list("blobs/").await.unwrap();
+    assert_eq!(all.len(), n);
+    assert_eq!(all[0].key, "blobs/00000");
+    assert_eq!(all[n - 1].key, format!("blobs/{:05}", n - 1));
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+}
+
+#[tokio::test]
+async fn a_corrupted_object_fails_the_download_check() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt");
+    s.put_bytes(
+        "blobs/x",
+        Bytes::from_static(b"good bytes"),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Rewrite the bytes behind the server's back: its recorded crc32c no longer matches.
+    let root = std::env::temp_dir();
+    let mut corrupted = false;
+    for entry in walk(&root) {
+        if entry.ends_with("bkt/blobs%2Fx") || entry.ends_with("bkt/blobs/x") {
+            let st = std::fs::metadata(&entry).unwrap();
+            if st.len() == 10 {
+                std::fs::write(&entry, b"evil bytes").unwrap();
+                corrupted = true;
+            }
+        }
+    }
+    assert!(
+        corrupted,
+        "could not find the object in fake-gcs-server's data dir"
+    );
+    let err = s.get_bytes("blobs/x").await.unwrap_err();
+    assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+    let dest = TempDir::new("corrupt");
+    let target = dest.path().join("x");
+    assert!(s.get_to_file("blobs/x", &target).await.is_err());
+    assert!(!target.exists(), "a failed download must not leave a file");
+    assert_eq!(
+        std::fs::read_dir(dest.path()).unwrap().count(),
+        0,
+        "no temp file left behind"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = p.to_string_lossy();
+            if !name.contains("cloudrun-fake-gcs") && d == dir {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_dropped_connection_mid_upload_resumes_from_the_committed_offset() {
+    let gcs = StrictGcs::start();
+    gcs.create_bucket("bkt");
+    let proxy = FlakyProxy::start(gcs.port());
+    let s = store(&proxy.host(), "bkt").with_chunk_bytes(256 << 10);
+    let data = pattern("resume", SIMPLE_UPLOAD_MAX_BYTES as usize + 700_000);
+    // Let the session start and the first chunks through, then cut in the middle of one.
+    proxy.cut_after(3 * (256 << 10) + 100_000);
+    let m = s
+        .put_bytes(
+            "ckpt/resume.bin",
+            Bytes::from(data.clone()),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.cuts(), 1, "the proxy should have cut one connection");
+    assert_eq!(m.size, data.len() as u64);
+    assert_eq!(m.crc32c, Some(crc32c::crc32c(&data)));
+    let back = s.get_bytes("ckpt/resume.bin").await.unwrap();
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+}
+
+#[tokio::test]
+async fn a_dropped_connection_mid_download_resumes_from_the_byte_reached() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let proxy = FlakyProxy::start(gcs.port());
+    let s = store(&proxy.host(), "bkt");
+    let data = pattern("dl", 5_000_000);
+    s.put_bytes("big", Bytes::from(data.clone()), &PutOptions::default())
+        .await
+        .unwrap();
+    proxy.cut_download_after(2_000_000);
+    let back = s.get_bytes("big").await.unwrap();
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+}
+
+#[tokio::test]
+async fn an_emulator_that_disappears_mid_upload_gives_an_error_and_no_half_object() {
+    let mut gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let proxy = FlakyProxy::start(gcs.port());
+    let s = store(&proxy.host(), "bkt").with_chunk_bytes(1 << 20);
+    let data = Bytes::from(pattern("gone", 12 << 20));
+    // The first chunk goes through; the connection carrying the second is cut and the
+    // server is gone by the time the client retries.
+    proxy.cut_after((1 << 20) + 200_000);
+    let upload = {
+        let data = data.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.put_bytes("ckpt/gone.bin", data, &PutOptions::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gcs.stop();
+    let err = upload.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::Transport { .. } | StorageError::Http { .. }
+        ),
+        "{err}"
+    );
+    gcs.restart();
+    assert!(
+        s.head("ckpt/gone.bin").await.unwrap().is_none(),
+        "no half object may be visible"
+    );
+    // Once the emulator is back, the same upload succeeds from scratch.
+    let m = s
+        .put_bytes("ckpt/gone.bin", data.clone(), &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(m.size, data.len() as u64);
+}
+
+#[tokio::test]
+async fn google_python_client_reads_what_we_write_and_we_read_what_it_writes() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt");
+    let py = cloudrun_testkit::venv_python();
+    let script = cloudrun_testkit::workspace_root().join("tests/py/wire_check.py");
+
+    // Ours → theirs: a small object (multipart) and a large one (resumable).
+    let ours = [
+        ("ours/small.txt", 1_234usize),
+        (
+            "ours/large.bin",
+            SIMPLE_UPLOAD_MAX_BYTES as usize + 1_048_577,
+        ),
+    ];
+    let mut expect = BTreeMap::new();
+    for (name, size) in ours {
+        let data = pattern(name, size);
+        let m = s
+            .put_bytes(name, Bytes::from(data.clone()), &PutOptions::default())
+            .await
+            .unwrap();
+        expect.insert(
+            name.to_string(),
+            (
+                sha256_hex(&data),
+                m.md5_base64.clone().unwrap(),
+                crc32c_to_base64(m.crc32c.unwrap()),
+            ),
+        );
+    }
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args(["read", "bkt"])
+        .args(ours.iter().map(|(n, _)| *n))
+        .env("STORAGE_EMULATOR_HOST", gcs.host())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, (sha, md5, crc)) in &expect {
+        assert_eq!(got[name]["sha256"], sha.as_str(), "{name}");
+        assert_eq!(got[name]["md5"], md5.as_str(), "{name}");
+        assert_eq!(got[name]["crc32c"], crc.as_str(), "{name}");
+    }
+
+    // Theirs → ours.
+    let theirs = [
+        ("theirs/small.bin", 999usize),
+        ("theirs/large.bin", 20 << 20),
+    ];
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args(["write", "bkt"])
+        .args(theirs.iter().map(|(n, sz)| format!("{n}={sz}")))
+        .env("STORAGE_EMULATOR_HOST", gcs.host())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrote: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, size) in theirs {
+        let data = s.get_bytes(name).await.unwrap();
+        assert_eq!(data.len(), size);
+        assert_eq!(wrote[name]["sha256"], sha256_hex(&data).as_str(), "{name}");
+        let m = s.head(name).await.unwrap().unwrap();
+        assert_eq!(
+            wrote[name]["crc32c"],
+            crc32c_to_base64(m.crc32c.unwrap()).as_str()
+        );
+        assert_eq!(wrote[name]["md5"], m.md5_base64.unwrap().as_str());
+    }
+}
+
+#[tokio::test]
+async fn create_only_puts_send_if_generation_match_zero_and_map_412() {
+    // Neither emulator enforces upload preconditions (fake-gcs-server 1.54 and
+    // gcp-storage-emulator both accept the overwrite), so this is a contract test
+    // against an in-process server that answers as GCS does: 412 when the object exists.
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
+    async fn upload(
+        State(seen): State<Seen>,
+        Query(q): Query<BTreeMap<String, String>>,
+    ) -> (StatusCode, String) {
+        let mut seen = seen.lock().unwrap();
+        let exists = seen.iter().any(|p| p.get("name") == q.get("name"));
+        seen.push(q.clone());
+        if exists && q.get("ifGenerationMatch").map(String::as_str) == Some("0") {
+            return (
+                StatusCode::PRECONDITION_FAILED,
+                r#"{"error":{"code":412,"message":"At least one of the pre-conditions you specified did not hold.","errors":[{"reason":"conditionNotMet"}]}}"#.into(),
+            );
+        }
+        // crc32c of "first" and "second" differ; answer with the crc of "first".
+        let crc = crc32c_to_base64(crc32c::crc32c(b"first"));
+        (
+            StatusCode::OK,
+            format!(
+                r#"{{"name":"{}","size":"5","generation":"1","crc32c":"{crc}"}}"#,
+                q["name"]
+            ),
+        )
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route("/upload/storage/v1/b/bkt/o", axum::routing::post(upload))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = store(&host, "bkt");
+    s.put_bytes(
+        "lock",
+        Bytes::from_static(b"first"),
+        &PutOptions::create_only(),
+    )
+    .await
+    .unwrap();
+    let err = s
+        .put_bytes(
+            "lock",
+            Bytes::from_static(b"other"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::PreconditionFailed { .. }),
+        "{err}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "a 412 is not retried");
+    assert!(seen.iter().all(|q| q["ifGenerationMatch"] == "0"));
+}
