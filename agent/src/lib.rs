@@ -180,3 +180,6 @@ fn unreachable_metadata() -> Result<String, RunError> {
         path: cloudrun::contract::META_SPEC.into(),
     }))
 }
+
+#[cfg(test)]
+mod tests;
