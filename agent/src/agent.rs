@@ -52,6 +52,8 @@ pub const READER_DRAIN_SECS: u64 = 5;
 pub const DELETE_ATTEMPTS: u32 = 3;
 /// How long to follow the delete (or disk) operation for an error before moving on.
 pub const OPERATION_WAIT_SECS: u64 = 90;
+/// Time for recording the VM's fate after the delete: the VM may be going down already.
+pub const VM_FATE_STATUS_SECS: u64 = 10;
 /// Events queued from the watchers before they wait for the supervisor.
 const EVENT_QUEUE: usize = 256;
 
@@ -985,28 +987,20 @@ impl Agent {
             None => Some(VmFate::LocalExit),
             Some(vm) => delete_or_power_off(&vm, &request_id, power_off_only).await,
         };
-        if vm != Some(VmFate::LocalExit) {
-            self.status.vm = vm;
-            if vm.is_none() {
-                self.status.warnings.push(
-                    "the VM could be neither deleted nor powered off; the cloud's maxRunDuration will delete it"
-                        .into(),
-                );
-            }
-            self.status.updated_at = self.deps.clock.now();
-            let key = self.deps.layout.status(&self.spec.run_id);
-            let quick = RetryPolicy::default().with_deadline(Duration::from_secs(10));
-            if let Err(e) =
-                report::write_status(self.deps.storage.as_ref(), &key, &self.status, &quick).await
-            {
-                tracing::warn!("recording the VM's fate in the status: {e}");
-            }
-        } else {
-            self.status.vm = vm;
-            let key = self.deps.layout.status(&self.spec.run_id);
-            let quick = RetryPolicy::default().with_deadline(Duration::from_secs(10));
-            let _ =
-                report::write_status(self.deps.storage.as_ref(), &key, &self.status, &quick).await;
+        self.status.vm = vm;
+        if vm.is_none() {
+            self.status.warnings.push(
+                "the VM could be neither deleted nor powered off; the cloud's maxRunDuration will delete it"
+                    .into(),
+            );
+        }
+        self.status.updated_at = self.deps.clock.now();
+        let key = self.deps.layout.status(&self.spec.run_id);
+        let quick = RetryPolicy::default().with_deadline(Duration::from_secs(VM_FATE_STATUS_SECS));
+        if let Err(e) =
+            report::write_status(self.deps.storage.as_ref(), &key, &self.status, &quick).await
+        {
+            tracing::warn!("recording the VM's fate in the status: {e}");
         }
         if let Some(fate) = vm {
             self.set_stage(Stage::Done {

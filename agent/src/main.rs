@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
-use cloudrun_agent::gpu::{classify, GpuProbe, GpuState, NvidiaSmi};
+use cloudrun_agent::gpu::{classify, GpuState, NvidiaSmi};
 
 /// The cloudrun agent: supervises one training run on a VM and deletes the VM when the
 /// run ends, stalls, idles, spends its budget or hits its time limit.
@@ -117,8 +117,6 @@ async fn gpu_probe(raw: bool, count: u32, interval_secs: u64) -> anyhow::Result<
         });
         println!("{}", serde_json::to_string(&line)?);
     }
-    // Keep the trait in use for the same code path as the monitor.
-    let _ = &probe as &dyn GpuProbe;
     Ok(())
 }
 

@@ -201,6 +201,45 @@ mod tests {
     use cloudrun::storage::local::LocalStorage;
 
     #[tokio::test]
+    async fn the_code_is_pulled_from_the_manifest_and_blobs() {
+        let store = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(project.path().join("src")).unwrap();
+        std::fs::write(project.path().join("main.py"), "print('hi')\n").unwrap();
+        std::fs::write(project.path().join("src/model.py"), "x = 1\n").unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(store.path()));
+        let layout = Layout::new("p");
+        let run = RunId::parse("20261126-071500-ab12").unwrap();
+        let tree = sync::scan_tree(project.path(), &sync::ScanOptions::default()).unwrap();
+        sync::push_tree(
+            storage.clone(),
+            &layout,
+            &tree,
+            &layout.manifest(&run),
+            &sync::PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        let code = ManifestCode {
+            storage,
+            layout,
+            run,
+        };
+        let summary = code.pull(dest.path()).await.unwrap();
+        assert!(summary.starts_with("2 files"), "{summary}");
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("src/model.py")).unwrap(),
+            "x = 1\n"
+        );
+        let missing = ManifestCode {
+            run: RunId::parse("20261126-071500-ffff").unwrap(),
+            ..code
+        };
+        assert!(missing.pull(dest.path()).await.is_err());
+    }
+
+    #[tokio::test]
     async fn outputs_are_mirrored_incrementally_and_a_missing_dir_is_empty() {
         let store = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
