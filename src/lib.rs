@@ -2,15 +2,17 @@
 //! `cloudrun-agent` (the VM side).
 //!
 //! It owns the run spec and status types, the object layout under `GCS_DIR`, the storage
-//! backends and the sync engine, the Compute REST client, the retry policy, and billing
-//! arithmetic. It holds nothing specific to either binary.
+//! backends and the sync engine, the Compute REST client, the retry policy, prices and
+//! billing arithmetic. It holds nothing specific to either binary.
 
 pub mod billing;
 pub mod compute;
+pub mod compute_rest;
 pub mod contract;
 pub mod http;
 pub mod layout;
 pub mod manifest;
+pub mod prices;
 pub mod retry;
 pub mod run_id;
 pub mod spec;

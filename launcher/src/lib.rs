@@ -1,2 +1,433 @@
 //! `cloudrun-launch`: the laptop side. It validates settings into a launch plan, pushes
 //! the code, creates the GPU VM, and reads runs back from GCS and Compute from anywhere.
+//!
+//! Modules, in the order a launch uses them: [`cli`] (raw arguments), [`settings`]
+//! (values and their sources), [`plan`] (validation, no network), [`gpu`] (shorthands and
+//! machine families), [`body`] (the `instances.insert` JSON), [`credentials`],
+//! [`launch`] with [`push`] (the sync engine) and [`failover`], then [`runs`] and
+//! [`report`] for the subcommands. [`run`] dispatches; `main.rs` only parses, sets up
+//! logging and maps the result to an exit code.
+
+pub mod body;
+pub mod cli;
+pub mod credentials;
+pub mod failover;
+pub mod gpu;
+pub mod launch;
+pub mod plan;
+pub mod push;
+pub mod report;
+pub mod runs;
+pub mod settings;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::CommandFactory;
+use cloudrun::compute::Compute;
+use cloudrun::compute_rest::{endpoint_from, RestCompute};
+use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
+use cloudrun::prices::PriceTable;
+use cloudrun::{Layout, StoreUrl};
+
+use crate::cli::{Cli, Command};
+use crate::settings::{Inputs, Settings};
+
+/// Exit code for settings that need fixing (nothing was created).
+pub const EXIT_SETTINGS: i32 = 2;
+/// Exit code for any other failure.
+pub const EXIT_FAILURE: i32 = 1;
+/// Concurrent downloads for `pull`.
+pub const PULL_CONCURRENCY: usize = 8;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Settings(#[from] plan::Problems),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Launch(Box<launch::LaunchError>),
+    #[error(transparent)]
+    Runs(Box<runs::RunsError>),
+    #[error(transparent)]
+    Compute(Box<cloudrun::compute::ComputeError>),
+    #[error(transparent)]
+    Storage(#[from] cloudrun::StorageError),
+    #[error(transparent)]
+    Prices(#[from] cloudrun::prices::PricesError),
+    #[error(transparent)]
+    Body(#[from] body::MetadataTooBig),
+    #[error("pull: {0}")]
+    Pull(String),
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Settings(_) | Error::Prices(_) => EXIT_SETTINGS,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
+
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),*) => {$(
+        impl From<$ty> for Error {
+            fn from(e: $ty) -> Self {
+                Error::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(Launch: launch::LaunchError, Runs: runs::RunsError, Compute: cloudrun::compute::ComputeError);
+
+/// An error and its sources on one line, `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// The process environment as a lookup function (tests pass their own).
+pub type Env = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Where the outside world is, for one invocation.
+pub struct Context<'a> {
+    pub env: &'a Env,
+    /// The launcher's current directory (the project folder unless `-C` says otherwise).
+    pub cwd: PathBuf,
+    /// The default agent binary (beside the launcher executable).
+    pub default_agent: Option<PathBuf>,
+    /// Token source to use instead of resolving credentials (tests).
+    pub tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
+    /// Whether stderr is a terminal (progress bars).
+    pub progress: bool,
+}
+
+impl Context<'_> {
+    async fn tokens(&self, settings: &Settings) -> Result<Arc<dyn gcp_auth::TokenProvider>, Error> {
+        if let Some(t) = &self.tokens {
+            return Ok(t.clone());
+        }
+        let account = settings.account.as_ref().map(|s| s.value.as_str());
+        Ok(credentials::resolve(account, &|k| (self.env)(k)).await?)
+    }
+
+    fn compute(&self, tokens: Arc<dyn gcp_auth::TokenProvider>) -> Result<Arc<dyn Compute>, Error> {
+        Ok(Arc::new(RestCompute::new(
+            &endpoint_from(|k| (self.env)(k)),
+            tokens,
+        )?))
+    }
+
+    async fn storage(
+        &self,
+        settings: &Settings,
+        url: &StoreUrl,
+    ) -> Result<Arc<dyn cloudrun::Storage>, Error> {
+        let needs_tokens = matches!(url, StoreUrl::Gcs { .. })
+            && (self.env)(ENV_STORAGE_EMULATOR_HOST).is_none_or(|h| h.trim().is_empty());
+        let tokens = if needs_tokens {
+            Some(self.tokens(settings).await?)
+        } else {
+            None
+        };
+        Ok(cloudrun::storage::open(url, tokens)?)
+    }
+
+    /// Compute and the project for read-only checks, or `None` (with a log line) when
+    /// either is unavailable: `status` and `ls` still work from the store alone.
+    async fn optional_compute(&self, settings: &Settings) -> Option<(Arc<dyn Compute>, String)> {
+        let project = plan::project(settings).ok()?;
+        match self.tokens(settings).await.and_then(|t| self.compute(t)) {
+            Ok(c) => Some((c, project)),
+            Err(e) => {
+                tracing::warn!("not checking VMs: {}", error_chain(&e));
+                None
+            }
+        }
+    }
+}
+
+fn settings_for(cli: &Cli, ctx: &Context<'_>) -> Settings {
+    let project_dir = match &cli.global.dir {
+        Some(d) if d.is_absolute() => d.clone(),
+        Some(d) => ctx.cwd.join(d),
+        None => ctx.cwd.clone(),
+    };
+    let env = |k: &str| (ctx.env)(k);
+    Settings::resolve(&Inputs {
+        flags: cli.flag_layer(),
+        flag_names: &cli::flag_name,
+        env: &env,
+        project_dir,
+        user_file: settings::default_user_file(&env),
+    })
+}
+
+fn prices_for(settings: &Settings) -> Result<PriceTable, Error> {
+    let base = PriceTable::builtin();
+    Ok(match &settings.prices {
+        Some(p) if p.value.is_file() => base.overlay(PriceTable::load(&p.value)?),
+        _ => base,
+    })
+}
+
+fn who(env: &Env) -> String {
+    let user = env("USER").unwrap_or_else(|| "someone".into());
+    let host = env("HOSTNAME")
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "somewhere".into());
+    format!("{user}@{host}")
+}
+
+/// Run one invocation. Results go to `out` (stdout), progress and logs to stderr.
+/// Returns the exit code for success paths (`--follow` and `logs -f` return the run's).
+pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> Result<i32, Error> {
+    let settings = settings_for(&cli, ctx);
+    let now = Utc::now();
+    match &cli.command {
+        Some(Command::Config) => {
+            write!(out, "{}", settings.describe())?;
+            Ok(0)
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "cloudrun-launch", out);
+            Ok(0)
+        }
+        None | Some(Command::Run(_)) => {
+            if cli.command.is_none() && cli.launch.command.is_empty() {
+                let mut cmd = Cli::command();
+                let help = cmd.render_help();
+                eprintln!("{help}");
+                return Ok(EXIT_SETTINGS);
+            }
+            launch_cmd(&cli, &settings, ctx, now, out).await
+        }
+        Some(Command::Status { run, json }) => {
+            let store = open_store(&settings, ctx).await?;
+            let compute = ctx.optional_compute(&settings).await;
+            let c = compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()));
+            match run {
+                None => runs::status_table(&store, c, *json, now, out).await?,
+                Some(r) => {
+                    let id = store.resolve(r).await?;
+                    runs::status_one(&store, c, &id, *json, now, out).await?
+                }
+            }
+            Ok(0)
+        }
+        Some(Command::Logs { run, follow }) => {
+            let store = open_store(&settings, ctx).await?;
+            let id = store.resolve(run).await?;
+            let end = runs::logs(
+                &store,
+                &id,
+                *follow,
+                Duration::from_secs(runs::LOG_POLL_SECS),
+                out,
+            )
+            .await?;
+            Ok(end
+                .and_then(|s| s.end)
+                .map(|e| e.reason.exit_code())
+                .unwrap_or(0))
+        }
+        Some(Command::Pull { run, into }) => {
+            let store = open_store(&settings, ctx).await?;
+            let id = store.resolve(run).await?;
+            let dest = into.clone().unwrap_or_else(|| settings.project_dir.clone());
+            let prefix = store.layout.outputs_prefix(&id);
+            let r = cloudrun::sync::pull_prefix(
+                store.storage.clone(),
+                &prefix,
+                &dest,
+                PULL_CONCURRENCY,
+            )
+            .await
+            .map_err(|e| Error::Pull(error_chain(&e)))?;
+            for f in &r.downloaded {
+                writeln!(out, "{}", dest.join(f).display())?;
+            }
+            writeln!(
+                out,
+                "pulled {} file(s), {} bytes; {} unchanged",
+                r.downloaded.len(),
+                r.bytes,
+                r.unchanged
+            )?;
+            Ok(0)
+        }
+        Some(Command::Stop { run, now: at_once }) => {
+            let store = open_store(&settings, ctx).await?;
+            let id = store.resolve(run).await?;
+            let compute = if *at_once {
+                Some(ctx.compute(ctx.tokens(&settings).await?)?)
+            } else {
+                None
+            };
+            runs::stop(
+                &store,
+                compute.as_deref(),
+                &id,
+                *at_once,
+                &who(ctx.env),
+                now,
+                out,
+            )
+            .await?;
+            Ok(0)
+        }
+        Some(Command::Ls) => {
+            let store = open_store(&settings, ctx).await?;
+            let compute = ctx.optional_compute(&settings).await;
+            runs::ls(
+                &store,
+                compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str())),
+                now,
+                out,
+            )
+            .await?;
+            Ok(0)
+        }
+        Some(Command::Sweep { yes }) => {
+            let store = open_store(&settings, ctx).await?;
+            let project = plan::project(&settings)?;
+            let compute = ctx.compute(ctx.tokens(&settings).await?)?;
+            runs::sweep(&store, compute.as_ref(), &project, *yes, now, out).await?;
+            Ok(0)
+        }
+        Some(Command::Report { run, out: file }) => {
+            let store = open_store(&settings, ctx).await?;
+            let id = store.resolve(run).await?;
+            let view = store.load(&id).await?;
+            let samples = store.metrics(&id).await?;
+            let status = view.status.as_ref();
+            let price = status
+                .map(|s| s.usd_per_hour)
+                .or(view.spec.as_ref().map(|s| s.price.usd_per_hour))
+                .unwrap_or(0.0);
+            let start = status.and_then(|s| s.agent_started_at);
+            let svg = report::svg(
+                &format!("cloudrun run {id} ({})", view.gpu()),
+                &samples,
+                start,
+                price,
+            );
+            let path = file
+                .clone()
+                .unwrap_or_else(|| ctx.cwd.join(format!("cloudrun-report-{id}.svg")));
+            std::fs::write(&path, svg)?;
+            writeln!(out, "{}", path.display())?;
+            Ok(0)
+        }
+    }
+}
+
+async fn open_store(settings: &Settings, ctx: &Context<'_>) -> Result<runs::Store, Error> {
+    let url = plan::store(settings)?;
+    Ok(runs::Store {
+        storage: ctx.storage(settings, &url).await?,
+        layout: Layout::for_store(&url),
+    })
+}
+
+async fn launch_cmd(
+    cli: &Cli,
+    settings: &Settings,
+    ctx: &Context<'_>,
+    now: chrono::DateTime<Utc>,
+    out: &mut (dyn Write + Send),
+) -> Result<i32, Error> {
+    let args = cli.launch_args();
+    let prices = prices_for(settings)?;
+    let plan = plan::build(
+        settings,
+        &plan::PlanInputs {
+            command: &args.command,
+            now,
+            prices: &prices,
+            default_agent: ctx.default_agent.clone(),
+            storage_host: (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty()),
+        },
+    )?;
+    let zone = plan.zones.first().cloned().unwrap_or_default();
+    if args.dry_run {
+        let body = body::instance_body(&plan, &zone, &body::family_url(&plan))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        )?;
+        eprintln!(
+            "dry run: would create {} in {} (then {}) at ${:.2}/h ({}); nothing was sent",
+            plan.instance_name,
+            zone,
+            plan.zones
+                .iter()
+                .skip(1)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.estimate.usd_per_hour,
+            plan.estimate.describe()
+        );
+        return Ok(0);
+    }
+    let tokens = ctx.tokens(settings).await?;
+    let deps = launch::Deps {
+        storage: ctx.storage(settings, &plan.store).await?,
+        compute: ctx.compute(tokens)?,
+        pusher: Box::new(push::SyncPusher {
+            cache_dir: directories::BaseDirs::new().map(|d| d.cache_dir().join("cloudrun")),
+            progress: ctx.progress,
+        }),
+    };
+    let mut report = |line: String| eprintln!("{line}");
+    let launched = launch::launch(&plan, &deps, now, &mut report).await?;
+    write!(out, "{}", launch::summary(&plan, &launched))?;
+    if !args.follow {
+        return Ok(0);
+    }
+    let store = runs::Store {
+        storage: deps.storage.clone(),
+        layout: plan.layout.clone(),
+    };
+    let end = runs::logs(
+        &store,
+        &plan.run_id,
+        true,
+        Duration::from_secs(runs::LOG_POLL_SECS),
+        out,
+    )
+    .await?;
+    let code = match end.as_ref().and_then(|s| s.end.as_ref()) {
+        Some(e) => e.reason.exit_code(),
+        None => 0,
+    };
+    if let Some(r) = end.as_ref().and_then(|s| s.receipt.as_ref()) {
+        writeln!(out, "receipt: {}", r.summary())?;
+    }
+    Ok(code)
+}

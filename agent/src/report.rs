@@ -1,0 +1,158 @@
+//! What the agent reports besides logs: `status.json` (heartbeat writes, coalesced, in a
+//! task of their own so a slow store never holds up the supervisor) and GPU samples in
+//! JSONL batches under `runs/<id>/metrics/<seq>`.
+//!
+//! The final status is not written here: teardown writes it itself, with retries, after
+//! stopping the heartbeat writer, so no stale heartbeat can land after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloudrun::retry::RetryPolicy;
+use cloudrun::status::{GpuSample, RunStatus};
+use cloudrun::storage::PutOptions;
+use cloudrun::{Layout, RunId, Storage};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most samples in one metrics batch (an hour of 5 s samples would be 720): a batch is
+/// also shipped at every heartbeat.
+pub const METRICS_BATCH_MAX_SAMPLES: usize = 120;
+/// Total time for writing the final status, retries included.
+pub const FINAL_STATUS_DEADLINE_SECS: u64 = 60;
+
+/// Write `status` to `key` through the retry policy `retry`.
+pub async fn write_status(
+    storage: &dyn Storage,
+    key: &str,
+    status: &RunStatus,
+    retry: &RetryPolicy,
+) -> Result<(), cloudrun::StorageError> {
+    let body = Bytes::from(status.to_json());
+    let opts = PutOptions::default().with_content_type("application/json");
+    retry
+        .run(&format!("status {key}"), |_| {
+            storage.put_bytes(key, body.clone(), &opts)
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Start the heartbeat writer: it writes the latest value sent on the returned channel
+/// (older unsent values are skipped) until the sender is dropped.
+pub fn spawn_status_writer(
+    storage: Arc<dyn Storage>,
+    key: String,
+) -> (
+    watch::Sender<Option<RunStatus>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = watch::channel::<Option<RunStatus>>(None);
+    let task = tokio::spawn(async move {
+        let mut failing = false;
+        while rx.changed().await.is_ok() {
+            let Some(s) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            match write_status(storage.as_ref(), &key, &s, &RetryPolicy::none()).await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    tracing::warn!("heartbeat: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// A message to the metrics shipper.
+#[derive(Debug)]
+pub enum MetricsMsg {
+    Sample(GpuSample),
+    /// Ship what is buffered; the answer says whether it reached the store.
+    Finish(oneshot::Sender<bool>),
+}
+
+/// Start the metrics shipper, writing batch `seq` next and shipping every `every`.
+pub fn spawn_metrics(
+    storage: Arc<dyn Storage>,
+    layout: Layout,
+    run: RunId,
+    mut seq: u64,
+    every: Duration,
+) -> (mpsc::Sender<MetricsMsg>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<MetricsMsg>(256);
+    let task = tokio::spawn(async move {
+        let mut buf: Vec<GpuSample> = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ship = |buf: &Vec<GpuSample>, seq: u64, retry: RetryPolicy| {
+            let storage = storage.clone();
+            let key = layout.metrics_chunk(&run, seq);
+            let mut body = String::new();
+            for s in buf.iter() {
+                if let Ok(line) = serde_json::to_string(s) {
+                    body.push_str(&line);
+                    body.push('\n');
+                }
+            }
+            let n = buf.len();
+            async move {
+                if n == 0 {
+                    return Some(0);
+                }
+                let data = Bytes::from(body);
+                let opts = PutOptions::default().with_content_type("application/x-ndjson");
+                match retry
+                    .run(&format!("metrics {key}"), |_| {
+                        storage.put_bytes(&key, data.clone(), &opts)
+                    })
+                    .await
+                {
+                    Ok(_) => Some(n),
+                    Err(e) => {
+                        tracing::debug!("metrics batch {key}: {e}");
+                        None
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(MetricsMsg::Sample(s)) => {
+                        buf.push(s);
+                        if buf.len() >= METRICS_BATCH_MAX_SAMPLES {
+                            if let Some(n) = ship(&buf, seq, RetryPolicy::none()).await {
+                                buf.drain(..n);
+                                seq += 1;
+                            }
+                        }
+                    }
+                    Some(MetricsMsg::Finish(tx)) => {
+                        let r = ship(&buf, seq, RetryPolicy::default().with_deadline(Duration::from_secs(20))).await;
+                        let _ = tx.send(r.is_some());
+                        return;
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if let Some(n) = ship(&buf, seq, RetryPolicy::none()).await {
+                        if n > 0 {
+                            buf.drain(..n);
+                            seq += 1;
+                        }
+                    }
+                    // A long outage must not grow the buffer without end: keep the newest.
+                    if buf.len() > 10 * METRICS_BATCH_MAX_SAMPLES {
+                        let extra = buf.len() - 10 * METRICS_BATCH_MAX_SAMPLES;
+                        buf.drain(..extra);
+                    }
+                }
+            }
+        }
+    });
+    (tx, task)
+}

@@ -1,0 +1,277 @@
+//! The agent's two uses of the sync engine, behind narrow traits so the supervisor can be
+//! tested with fakes that fail on demand: [`CodeSource`] (pull the run's code tree) and
+//! [`Outputs`] (mirror the output dirs to `runs/<id>/outputs/<dir>/`).
+//!
+//! The real implementations call `cloudrun::sync` and own nothing else: the per-directory
+//! [`MirrorState`] is persisted in the state dir after every pass, so an agent restart does
+//! not upload every checkpoint again. Outputs are never deleted remotely.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cloudrun::sync::{self, MirrorState};
+use cloudrun::{Layout, RunId, Storage};
+use tokio::sync::Mutex;
+
+/// Parallel transfers for code pulls and output mirroring.
+pub const TRANSFER_CONCURRENCY: usize = sync::DEFAULT_CONCURRENCY;
+
+/// What one pass over the output dirs did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputPass {
+    pub uploaded: usize,
+    pub bytes: u64,
+    /// Some file was new, changed, or still being written (activity for the stall policy).
+    pub changed: bool,
+    /// The store holds every output file as it is now, each upload checked against the
+    /// store's CRC32C. The final pass must be complete for the boot disk to be let go.
+    pub complete: bool,
+    /// What kept the pass from being complete, for the status.
+    pub problems: Vec<String>,
+}
+
+/// Mirrors the output dirs.
+#[async_trait]
+pub trait Outputs: Send + Sync + std::fmt::Debug {
+    async fn sync(&self) -> OutputPass;
+}
+
+/// Brings the run's code into a directory.
+#[async_trait]
+pub trait CodeSource: Send + Sync + std::fmt::Debug {
+    /// Materialise the code under `dest`, verified; a summary for the log.
+    async fn pull(&self, dest: &Path) -> Result<String, String>;
+}
+
+/// The run's manifest and blobs, through `cloudrun::sync::materialise`.
+#[derive(Debug)]
+pub struct ManifestCode {
+    pub storage: Arc<dyn Storage>,
+    pub layout: Layout,
+    pub run: RunId,
+}
+
+#[async_trait]
+impl CodeSource for ManifestCode {
+    async fn pull(&self, dest: &Path) -> Result<String, String> {
+        let key = self.layout.manifest(&self.run);
+        let manifest = sync::fetch_manifest(self.storage.as_ref(), &key)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        // materialise's future is not provably `Send` (a higher-ranked closure inside it),
+        // so it runs to completion on a blocking thread of this runtime instead of being
+        // polled across the async_trait boundary.
+        let storage = self.storage.clone();
+        let layout = self.layout.clone();
+        let dest = dest.to_path_buf();
+        let handle = tokio::runtime::Handle::current();
+        let r = tokio::task::spawn_blocking(move || {
+            handle.block_on(sync::materialise(
+                storage,
+                &layout,
+                &manifest,
+                &dest,
+                TRANSFER_CONCURRENCY,
+            ))
+        })
+        .await
+        .map_err(|e| format!("the code pull task failed: {e}"))?
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(format!(
+            "{} files in place ({} downloaded, {} bytes; {} already there)",
+            r.files, r.downloaded, r.bytes, r.unchanged
+        ))
+    }
+}
+
+/// One output dir: where it is locally and where it goes.
+#[derive(Debug, Clone)]
+struct OutputDir {
+    local: PathBuf,
+    prefix: String,
+    state_file: PathBuf,
+}
+
+/// The output dirs, mirrored through `cloudrun::sync::mirror_dir`.
+#[derive(Debug)]
+pub struct MirroredOutputs {
+    storage: Arc<dyn Storage>,
+    dirs: Vec<OutputDir>,
+    /// One state per dir; the lock also keeps two passes from running at once.
+    states: Mutex<Vec<MirrorState>>,
+}
+
+impl MirroredOutputs {
+    /// Output dirs `names` under `workdir`, mirrored to `<outputs_prefix><name>/`, with
+    /// their states kept in `state_dir`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        layout: &Layout,
+        run: &RunId,
+        workdir: &Path,
+        names: &[String],
+        state_dir: &Path,
+    ) -> Self {
+        let dirs: Vec<OutputDir> = names
+            .iter()
+            .map(|n| OutputDir {
+                local: workdir.join(n),
+                prefix: format!("{}{}/", layout.outputs_prefix(run), n),
+                state_file: state_dir.join(format!("mirror-{}.json", n.replace('/', "_"))),
+            })
+            .collect();
+        let states = dirs
+            .iter()
+            .map(|d| {
+                std::fs::read(&d.state_file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default()
+            })
+            .collect();
+        MirroredOutputs {
+            storage,
+            dirs,
+            states: Mutex::new(states),
+        }
+    }
+}
+
+#[async_trait]
+impl Outputs for MirroredOutputs {
+    async fn sync(&self) -> OutputPass {
+        let mut states = self.states.lock().await;
+        let mut pass = OutputPass {
+            complete: true,
+            ..OutputPass::default()
+        };
+        for (d, state) in self.dirs.iter().zip(states.iter_mut()) {
+            match sync::mirror_dir(
+                self.storage.clone(),
+                &d.local,
+                &d.prefix,
+                state,
+                TRANSFER_CONCURRENCY,
+            )
+            .await
+            {
+                Ok(r) => {
+                    pass.uploaded += r.uploaded.len();
+                    pass.bytes += r.bytes_uploaded;
+                    pass.changed |= !r.uploaded.is_empty() || !r.deferred_unstable.is_empty();
+                    if !r.is_complete() {
+                        pass.complete = false;
+                        pass.problems.push(format!(
+                            "{}: {} file(s) still changing, {} not verified",
+                            d.local.display(),
+                            r.deferred_unstable.len(),
+                            r.unverified.len()
+                        ));
+                    }
+                }
+                Err(e) => {
+                    pass.complete = false;
+                    pass.problems.push(format!("{}: {e:#}", d.local.display()));
+                }
+            }
+            if let Err(e) = save_json(&d.state_file, state) {
+                tracing::warn!("could not save {}: {e}", d.state_file.display());
+            }
+        }
+        pass
+    }
+}
+
+/// Write `value` as JSON to `path` atomically (temporary file, fsync, rename).
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudrun::storage::local::LocalStorage;
+
+    #[tokio::test]
+    async fn the_code_is_pulled_from_the_manifest_and_blobs() {
+        let store = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(project.path().join("src")).unwrap();
+        std::fs::write(project.path().join("main.py"), "print('hi')\n").unwrap();
+        std::fs::write(project.path().join("src/model.py"), "x = 1\n").unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(store.path()));
+        let layout = Layout::new("p");
+        let run = RunId::parse("20261126-071500-ab12").unwrap();
+        let tree = sync::scan_tree(project.path(), &sync::ScanOptions::default()).unwrap();
+        sync::push_tree(
+            storage.clone(),
+            &layout,
+            &tree,
+            &layout.manifest(&run),
+            &sync::PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        let code = ManifestCode {
+            storage,
+            layout,
+            run,
+        };
+        let summary = code.pull(dest.path()).await.unwrap();
+        assert!(summary.starts_with("2 files"), "{summary}");
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("src/model.py")).unwrap(),
+            "x = 1\n"
+        );
+        let missing = ManifestCode {
+            run: RunId::parse("20261126-071500-ffff").unwrap(),
+            ..code
+        };
+        assert!(missing.pull(dest.path()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn outputs_are_mirrored_incrementally_and_a_missing_dir_is_empty() {
+        let store = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(store.path()));
+        let layout = Layout::new("p");
+        let run = RunId::parse("20261126-071500-ab12").unwrap();
+        let names = vec!["checkpoint".to_string(), "model".to_string()];
+        let o = MirroredOutputs::new(
+            storage.clone(),
+            &layout,
+            &run,
+            work.path(),
+            &names,
+            state.path(),
+        );
+        let p = o.sync().await;
+        assert!(p.complete && !p.changed, "{p:?}");
+        std::fs::create_dir_all(work.path().join("checkpoint")).unwrap();
+        std::fs::write(work.path().join("checkpoint/step-1.pt"), b"weights").unwrap();
+        let p = o.sync().await;
+        assert_eq!(
+            (p.uploaded, p.changed, p.complete),
+            (1, true, true),
+            "{p:?}"
+        );
+        let key = format!("{}checkpoint/step-1.pt", layout.outputs_prefix(&run));
+        assert_eq!(&storage.get_bytes(&key).await.unwrap()[..], b"weights");
+        let p = o.sync().await;
+        assert_eq!((p.uploaded, p.changed), (0, false));
+        // A new agent process reads the saved state and does not upload again.
+        let o2 = MirroredOutputs::new(storage, &layout, &run, work.path(), &names, state.path());
+        assert_eq!(o2.sync().await.uploaded, 0);
+    }
+}

@@ -1,0 +1,359 @@
+//! The command line as clap parses it: raw values only. `settings` and `plan` give them
+//! meaning; nothing here validates beyond syntax.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::Layer;
+
+const EXAMPLES: &str = "\
+Examples:
+  cloudrun-launch main.py --epochs 50              launch `python3 main.py --epochs 50` on the default GPU settings
+  cloudrun-launch --gpu a100:2 --spot --budget 20 train.py
+  cloudrun-launch --dry-run --gpu l4 main.py       print the instances.insert body, create nothing
+  cloudrun-launch run status                       launch a script named like a subcommand
+  cloudrun-launch status                           all runs: phase, zone, GPU, elapsed, $ so far
+  cloudrun-launch status 20261126-071500-ab12      one run in detail (--json for scripts)
+  cloudrun-launch logs -f latest                   follow the newest run's output until it ends
+  cloudrun-launch pull 20261126-071500-ab12 --into results/
+  cloudrun-launch stop 20261126-071500-ab12        graceful: the agent syncs, then deletes the VM (--now: delete at once)
+  cloudrun-launch ls                               runs and live cloudrun VMs side by side
+  cloudrun-launch sweep --yes                      delete cloudrun VMs whose run ended or went silent
+  cloudrun-launch report 20261126-071500-ab12      SVG plot of GPU utilisation and cumulative cost
+  cloudrun-launch config                           resolved settings and where each came from
+  cloudrun-launch completions bash > ~/.local/share/bash-completion/completions/cloudrun-launch
+
+Settings come from flags, then GCP_ACCOUNT, GCLOUD_PROJECT, GCS_DIR, VM_INSTANCE, VM_USER,
+then cloudrun.toml in the project folder, then ~/.config/cloudrun/config.toml.";
+
+/// Launch a training script on a rented Compute Engine GPU that deletes itself when the
+/// work is done, and follow it from anywhere.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudrun-launch",
+    version,
+    about,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// Settings every subcommand reads.
+#[derive(Debug, Args, Default, Clone)]
+pub struct GlobalArgs {
+    /// Google account whose gcloud credentials to use [env: GCP_ACCOUNT]
+    #[arg(long, global = true, value_name = "EMAIL")]
+    pub account: Option<String>,
+    /// GCP project id [env: GCLOUD_PROJECT]
+    #[arg(long, global = true, value_name = "ID")]
+    pub project: Option<String>,
+    /// Where code, logs and outputs live, gs://bucket/prefix [env: GCS_DIR]
+    #[arg(long, global = true, value_name = "URL")]
+    pub gcs_dir: Option<String>,
+    /// VM name prefix [env: VM_INSTANCE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub vm_instance: Option<String>,
+    /// Unprivileged user on the VM that runs the job [env: VM_USER]
+    #[arg(long, global = true, value_name = "USER")]
+    pub vm_user: Option<String>,
+    /// Project folder (default: the current directory)
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// More log output on stderr (-v, -vv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// What to launch and how.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LaunchArgs {
+    /// GPU: t4, v100, p100, l4, a100, a100-80gb, h100, with an optional :COUNT (a100:2)
+    #[arg(long, value_name = "KIND[:N]")]
+    pub gpu: Option<String>,
+    /// Machine type (overrides the one --gpu picks), e.g. g2-standard-16
+    #[arg(long, value_name = "TYPE")]
+    pub machine_type: Option<String>,
+    /// Zones to try in order (repeatable or comma-separated)
+    #[arg(long = "zone", value_name = "ZONE", value_delimiter = ',')]
+    pub zones: Vec<String>,
+    /// Use a Spot VM (much cheaper, may be preempted)
+    #[arg(long, conflicts_with = "on_demand")]
+    pub spot: bool,
+    /// Use an on-demand VM even if a settings file says spot = true
+    #[arg(long)]
+    pub on_demand: bool,
+    /// Longest the run may take (e.g. 90m, 12h; default 24h)
+    #[arg(long, value_name = "DURATION")]
+    pub max_time: Option<String>,
+    /// Stop the run when it has cost this many US dollars
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<f64>,
+    /// Deep Learning VM image family
+    #[arg(long, value_name = "FAMILY")]
+    pub image_family: Option<String>,
+    /// Project that owns the image family
+    #[arg(long, value_name = "PROJECT")]
+    pub image_project: Option<String>,
+    /// Boot disk size in GB
+    #[arg(long, value_name = "GB")]
+    pub disk_gb: Option<u32>,
+    /// Service account e-mail for the VM ("default": the project's compute SA)
+    #[arg(long, value_name = "EMAIL")]
+    pub service_account: Option<String>,
+    /// Command run with sh -c before the job, e.g. "pip install -r requirements.txt"
+    #[arg(long, value_name = "CMD")]
+    pub setup: Option<String>,
+    /// Output directory mirrored to GCS (repeatable; default checkpoint and model)
+    #[arg(long = "output-dir", value_name = "DIR")]
+    pub output_dirs: Vec<String>,
+    /// Stop when every GPU was idle this many minutes (0: never)
+    #[arg(long, value_name = "MIN")]
+    pub idle_minutes: Option<u64>,
+    /// The static cloudrun-agent to upload [env: CLOUDRUN_AGENT_BINARY]
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+    /// A prices.toml that overrides the built-in price table
+    #[arg(long, value_name = "PATH")]
+    pub prices: Option<PathBuf>,
+    /// Environment for the job (repeatable), e.g. --env BATCHSIZE=256
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Validate and print the instances.insert body on stdout; create nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After launching, stream the logs until the run ends and print the receipt
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The script and its arguments: `main.py --epochs 50`
+    #[arg(
+        value_name = "SCRIPT [ARGS]",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Launch a script (for scripts named like a subcommand: `cloudrun-launch run status`)
+    #[command(after_help = "Example:\n  cloudrun-launch run --gpu l4 status --epochs 3")]
+    Run(Box<LaunchArgs>),
+    /// Runs in a table, or one run in detail
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch status\n  cloudrun-launch status latest --json"
+    )]
+    Status {
+        /// A run id (or `latest`); all runs when absent
+        run: Option<String>,
+        /// JSON on stdout, for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's output, from GCS (works after the VM is gone)
+    #[command(after_help = "Example:\n  cloudrun-launch logs -f 20261126-071500-ab12")]
+    Logs {
+        /// A run id (or `latest`)
+        run: String,
+        /// Keep printing new output until the run ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Download a run's outputs (only changed files)
+    #[command(after_help = "Example:\n  cloudrun-launch pull latest --into results/")]
+    Pull {
+        run: String,
+        /// Where to put them (default: the project folder)
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
+    },
+    /// Stop a run: gracefully (final sync, then the agent deletes the VM) or --now
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch stop latest\n  cloudrun-launch stop 20261126-071500-ab12 --now"
+    )]
+    Stop {
+        run: String,
+        /// Delete the VM right away (outputs not yet synced are lost)
+        #[arg(long)]
+        now: bool,
+    },
+    /// Runs and live cloudrun VMs side by side
+    #[command(after_help = "Example:\n  cloudrun-launch ls")]
+    Ls,
+    /// cloudrun VMs whose run ended or went silent; deleted with --yes
+    #[command(after_help = "Examples:\n  cloudrun-launch sweep\n  cloudrun-launch sweep --yes")]
+    Sweep {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// SVG plot of a run's GPU utilisation and cumulative cost
+    #[command(after_help = "Example:\n  cloudrun-launch report latest --out run.svg")]
+    Report {
+        run: String,
+        /// Output file (default: cloudrun-report-RUN.svg in the current directory)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the resolved settings and where each came from
+    #[command(after_help = "Example:\n  cloudrun-launch config")]
+    Config,
+    /// Shell completions on stdout
+    #[command(
+        after_help = "Example:\n  cloudrun-launch completions zsh > ~/.zfunc/_cloudrun-launch"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+impl Cli {
+    /// The settings layer the flags make.
+    pub fn flag_layer(&self) -> Layer {
+        let g = &self.global;
+        let l = match &self.command {
+            Some(Command::Run(l)) => l,
+            _ => &self.launch,
+        };
+        let env = l
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                // Kept whole so that `plan` can name the malformed flag.
+                None => (kv.clone(), String::from('\0')),
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        Layer {
+            account: g.account.clone(),
+            project: g.project.clone(),
+            gcs_dir: g.gcs_dir.clone(),
+            vm_instance: g.vm_instance.clone(),
+            vm_user: g.vm_user.clone(),
+            gpu: l.gpu.clone(),
+            machine_type: l.machine_type.clone(),
+            zones: (!l.zones.is_empty()).then(|| l.zones.clone()),
+            spot: if l.spot {
+                Some(true)
+            } else if l.on_demand {
+                Some(false)
+            } else {
+                None
+            },
+            max_time: l.max_time.clone(),
+            budget: l.budget,
+            image_family: l.image_family.clone(),
+            image_project: l.image_project.clone(),
+            disk_gb: l.disk_gb,
+            service_account: l.service_account.clone(),
+            setup: l.setup.clone(),
+            output_dirs: (!l.output_dirs.is_empty()).then(|| l.output_dirs.clone()),
+            idle_minutes: l.idle_minutes,
+            agent_binary: l.agent_binary.clone(),
+            prices: l.prices.clone(),
+            env: (!env.is_empty()).then_some(env),
+        }
+    }
+
+    /// The launch arguments in effect (top level or `run`).
+    pub fn launch_args(&self) -> &LaunchArgs {
+        match &self.command {
+            Some(Command::Run(l)) => l,
+            _ => &self.launch,
+        }
+    }
+}
+
+/// The flag that sets a settings key, for "where did this come from".
+pub fn flag_name(key: &str) -> String {
+    match key {
+        "zones" => "--zone".into(),
+        "output_dirs" => "--output-dir".into(),
+        "spot" => "--spot/--on-demand".into(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn script_arguments_go_to_the_script() {
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "--gpu",
+            "l4",
+            "main.py",
+            "--epochs",
+            "50",
+            "--gpu",
+            "x",
+        ])
+        .unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.launch.gpu.as_deref(), Some("l4"));
+        assert_eq!(
+            c.launch.command,
+            ["main.py", "--epochs", "50", "--gpu", "x"]
+        );
+    }
+
+    #[test]
+    fn subcommands_and_a_script_named_like_one() {
+        let c = Cli::try_parse_from(["cloudrun-launch", "status", "--json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Status { json: true, .. })
+        ));
+        let c = Cli::try_parse_from(["cloudrun-launch", "run", "--spot", "status", "-x"]).unwrap();
+        match &c.command {
+            Some(Command::Run(l)) => {
+                assert!(l.spot);
+                assert_eq!(l.command, ["status", "-x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.flag_layer().spot, Some(true));
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "logs",
+            "-f",
+            "latest",
+            "--gcs-dir",
+            "gs://b",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Logs { follow: true, .. })
+        ));
+        assert_eq!(c.flag_layer().gcs_dir.as_deref(), Some("gs://b"));
+    }
+
+    #[test]
+    fn env_flags_become_the_env_layer() {
+        let c = Cli::try_parse_from([
+            "cloudrun-launch",
+            "--env",
+            "BATCHSIZE=256",
+            "--env",
+            "A=b=c",
+            "main.py",
+        ])
+        .unwrap();
+        let env = c.flag_layer().env.unwrap();
+        assert_eq!(env["BATCHSIZE"], "256");
+        assert_eq!(env["A"], "b=c");
+    }
+}

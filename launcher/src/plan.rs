@@ -1,0 +1,872 @@
+//! Parse → validate → plan: resolved settings and the command line become a
+//! [`LaunchPlan`], or a list of [`Problems`], each naming the variable or key and how to
+//! set it. No network call happens here (the agent binary is hashed from disk), so
+//! `--dry-run`, the unit tests and a real launch share this one path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use cloudrun::layout::Layout;
+use cloudrun::prices::{Estimate, PriceTable};
+use cloudrun::spec::{
+    IdlePolicy, JobSpec, Placement, Policies, PriceQuote, Provider, RunSpec, SPEC_SCHEMA,
+};
+use cloudrun::{RunId, StoreUrl};
+use sha2::Digest;
+
+use crate::gpu::{self, Hardware};
+use crate::settings::{how_to_set, Settings, Sourced};
+
+/// Image project of Google's Deep Learning VM images.
+pub const DEFAULT_IMAGE_PROJECT: &str = "deeplearning-platform-release";
+/// DLVM family used when none is configured: CUDA 12.8, driver 570, Ubuntu 22.04.
+/// Families retire; `images.getFromFamily` at launch says so clearly.
+pub const DEFAULT_IMAGE_FAMILY: &str = "common-cu128-ubuntu-2204-nvidia-570";
+/// Boot disk size when none is configured, in GB: DLVM images are ~50 GB, plus room for
+/// data and checkpoints.
+pub const DEFAULT_DISK_GB: u32 = 100;
+/// Smallest boot disk accepted, in GB (below DLVM image sizes the insert fails late).
+pub const MIN_DISK_GB: u32 = 50;
+/// The VM's service account when none is configured: the project's default compute SA.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// Extra time the cloud's own deadline (`maxRunDuration`) gives beyond the agent's
+/// `max_run_secs`, in seconds: boot, driver set-up, the final sync and the delete happen
+/// outside the agent's clock. Only an agent that died is cut off by the cloud.
+pub const CLOUD_DEADLINE_MARGIN_SECS: u64 = 15 * 60;
+/// `scheduling.maxRunDuration` limits, in seconds (30 s to 120 days).
+pub const MAX_RUN_DURATION_MIN_SECS: u64 = 30;
+pub const MAX_RUN_DURATION_MAX_SECS: u64 = 120 * 24 * 3600;
+/// Longest VM name prefix: the name is `<prefix>-<run id>` (21 more characters) and
+/// Compute allows 63.
+pub const MAX_VM_PREFIX_LEN: usize = 63 - 21;
+/// The shortest run a budget must buy, in seconds (Compute bills a minute at least).
+pub const MIN_BUDGET_SECS: u64 = 60;
+
+/// Everything wrong with the settings, each with how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => f.write_str(one),
+            many => {
+                writeln!(
+                    f,
+                    "{} settings need fixing before anything is created:",
+                    many.len()
+                )?;
+                for (i, p) in many.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "  - {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The agent binary to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBinary {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A validated launch: everything needed to build the insert body and run the launch.
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    pub run_id: RunId,
+    pub project: String,
+    pub account: Option<String>,
+    pub store: StoreUrl,
+    pub bucket: String,
+    pub layout: Layout,
+    pub instance_name: String,
+    pub hardware: Hardware,
+    pub zones: Vec<String>,
+    pub spot: bool,
+    pub image_project: String,
+    pub image_family: String,
+    pub disk_gb: u32,
+    pub service_account: String,
+    pub agent: AgentBinary,
+    /// The spec without a zone; [`LaunchPlan::spec_for_zone`] fills it per attempt.
+    pub spec: RunSpec,
+    pub estimate: Estimate,
+    /// `scheduling.maxRunDuration` in seconds.
+    pub cloud_max_run_secs: u64,
+    /// `STORAGE_EMULATOR_HOST` of the launcher, passed to an emulated VM in metadata.
+    pub storage_host: Option<String>,
+    pub project_dir: PathBuf,
+}
+
+impl LaunchPlan {
+    /// The spec as the VM in `zone` gets it.
+    pub fn spec_for_zone(&self, zone: &str) -> RunSpec {
+        let mut s = self.spec.clone();
+        s.placement.zone = Some(zone.to_string());
+        s
+    }
+
+    /// `gs://bucket/<prefix>/agent/<sha>/cloudrun-agent`.
+    pub fn agent_url(&self) -> String {
+        format!(
+            "gs://{}/{}",
+            self.bucket,
+            self.layout.agent_binary(&self.agent.sha256)
+        )
+    }
+
+    /// When the cloud deletes the VM at the latest, counted from `from`.
+    pub fn hard_deadline(&self, from: DateTime<Utc>) -> DateTime<Utc> {
+        from + chrono::Duration::seconds(self.cloud_max_run_secs as i64)
+    }
+}
+
+/// What the launch needs besides settings.
+#[derive(Debug, Clone)]
+pub struct PlanInputs<'a> {
+    /// Script and its arguments.
+    pub command: &'a [String],
+    pub now: DateTime<Utc>,
+    pub prices: &'a PriceTable,
+    /// Where the agent binary is when no setting names it (beside the launcher).
+    pub default_agent: Option<PathBuf>,
+    pub storage_host: Option<String>,
+}
+
+/// A required setting, or a problem saying how to set it.
+fn required<'a>(
+    v: &'a Option<Sourced<String>>,
+    key: &str,
+    what: &str,
+    example: &str,
+    problems: &mut Vec<String>,
+) -> Option<&'a str> {
+    match v {
+        Some(s) => Some(s.value.as_str()),
+        None => {
+            problems.push(format!("{what} is not set: {}", how_to_set(key, example)));
+            None
+        }
+    }
+}
+
+fn from(s: &Option<Sourced<String>>, name: &str) -> String {
+    match s {
+        Some(s) => format!("{name} {:?} (from {})", s.value, s.source),
+        None => name.to_string(),
+    }
+}
+
+/// Check a GCP project id: 6–30 characters, lowercase letters, digits and hyphens,
+/// starting with a letter, not ending with a hyphen (optionally `domain:` in front).
+pub fn validate_project(p: &str) -> Result<(), &'static str> {
+    let id = p.rsplit(':').next().unwrap_or(p);
+    if !(6..=30).contains(&id.len()) {
+        return Err("a project id is 6 to 30 characters long");
+    }
+    if !id.starts_with(|c: char| c.is_ascii_lowercase()) || id.ends_with('-') {
+        return Err("a project id starts with a lowercase letter and does not end with '-'");
+    }
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Err("a project id holds only lowercase letters, digits and '-' (use the id, not the display name)");
+    }
+    Ok(())
+}
+
+fn validate_vm_prefix(p: &str) -> Result<(), String> {
+    let ok_chars = p
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if p.is_empty() || !p.starts_with(|c: char| c.is_ascii_lowercase()) || !ok_chars {
+        return Err("a VM name starts with a lowercase letter and holds only lowercase letters, digits and '-'".into());
+    }
+    if p.len() > MAX_VM_PREFIX_LEN {
+        return Err(format!(
+            "it is {} characters; the run id is appended, so at most {MAX_VM_PREFIX_LEN} fit in Compute's 63",
+            p.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_user(u: &str) -> Result<(), &'static str> {
+    let ok = !u.is_empty()
+        && u.len() <= 32
+        && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && u.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if !ok {
+        return Err("a Linux user name is 1-32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'");
+    }
+    if u == "root" {
+        return Err("the job runs unprivileged: pick a user other than root");
+    }
+    Ok(())
+}
+
+fn validate_env_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Check a zone name (`us-central1-a`).
+fn validate_zone(z: &str) -> bool {
+    let parts: Vec<&str> = z.split('-').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts[2].len() == 1
+}
+
+/// SHA-256 and size of the agent binary.
+fn hash_agent(path: &Path) -> std::io::Result<AgentBinary> {
+    let data = std::fs::read(path)?;
+    Ok(AgentBinary {
+        path: path.to_path_buf(),
+        sha256: hex::encode(sha2::Sha256::digest(&data)),
+        size: data.len() as u64,
+    })
+}
+
+/// The job's argv for a script: `python3 x.py`, `bash x.sh`, or the file itself.
+pub fn job_command(script: &str, args: &[String]) -> Vec<String> {
+    let mut argv = if script.ends_with(".py") {
+        vec!["python3".to_string(), script.to_string()]
+    } else if script.ends_with(".sh") {
+        vec!["bash".to_string(), script.to_string()]
+    } else {
+        vec![format!("./{}", script.trim_start_matches("./"))]
+    };
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+/// The store, checked, for any subcommand.
+pub fn store(settings: &Settings) -> Result<StoreUrl, Problems> {
+    let mut problems: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|p| p.message.clone())
+        .collect();
+    let url = match &settings.gcs_dir {
+        None => {
+            problems.push(format!(
+                "GCS_DIR is not set: {}",
+                how_to_set("gcs_dir", "gs://my-bucket/cloudrun")
+            ));
+            None
+        }
+        Some(s) => match StoreUrl::parse(&s.value) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(format!("{e} (from {})", s.source));
+                None
+            }
+        },
+    };
+    match url {
+        Some(u) if problems.is_empty() => Ok(u),
+        _ => Err(Problems(problems)),
+    }
+}
+
+/// The project id, checked, for subcommands that call Compute.
+pub fn project(settings: &Settings) -> Result<String, Problems> {
+    match &settings.project {
+        None => Err(Problems(vec![format!(
+            "GCLOUD_PROJECT is not set: {}",
+            how_to_set("project", "my-project")
+        )])),
+        Some(s) => validate_project(&s.value)
+            .map(|()| s.value.clone())
+            .map_err(|why| {
+                Problems(vec![format!(
+                    "{}: {why}",
+                    from(&settings.project, "GCLOUD_PROJECT")
+                )])
+            }),
+    }
+}
+
+/// Validate everything into a plan.
+pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan, Problems> {
+    let mut p: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|f| f.message.clone())
+        .collect();
+
+    let project = required(
+        &settings.project,
+        "project",
+        "GCLOUD_PROJECT",
+        "my-project",
+        &mut p,
+    )
+    .map(str::to_string);
+    if let Some(id) = &project {
+        if let Err(why) = validate_project(id) {
+            p.push(format!(
+                "{}: {why}",
+                from(&settings.project, "GCLOUD_PROJECT")
+            ));
+        }
+    }
+    let account = settings.account.as_ref().map(|s| s.value.clone());
+    if let Some(a) = &account {
+        if !a.contains('@') {
+            p.push(format!(
+                "{}: an account is an e-mail address, e.g. you@example.com",
+                from(&settings.account, "GCP_ACCOUNT")
+            ));
+        }
+    }
+
+    let gcs = required(
+        &settings.gcs_dir,
+        "gcs_dir",
+        "GCS_DIR",
+        "gs://my-bucket/cloudrun",
+        &mut p,
+    );
+    let mut store = None;
+    if let Some(v) = gcs {
+        match StoreUrl::parse(v) {
+            Ok(u @ StoreUrl::Gcs { .. }) => store = Some(u),
+            Ok(StoreUrl::Local { .. }) => p.push(format!(
+                "{}: a VM cannot read a local directory; use a bucket: {}",
+                from(&settings.gcs_dir, "GCS_DIR"),
+                how_to_set("gcs_dir", "gs://my-bucket/cloudrun")
+            )),
+            Err(e) => p.push(format!(
+                "{e} (from {})",
+                settings
+                    .gcs_dir
+                    .as_ref()
+                    .map(|s| s.source.to_string())
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    let prefix = required(
+        &settings.vm_instance,
+        "vm_instance",
+        "VM_INSTANCE",
+        "trainer",
+        &mut p,
+    );
+    if let Some(v) = prefix {
+        if let Err(why) = validate_vm_prefix(v) {
+            p.push(format!(
+                "{}: {why}",
+                from(&settings.vm_instance, "VM_INSTANCE")
+            ));
+        }
+    }
+    let user = required(&settings.vm_user, "vm_user", "VM_USER", "trainer", &mut p);
+    if let Some(u) = user {
+        if let Err(why) = validate_user(u) {
+            p.push(format!("{}: {why}", from(&settings.vm_user, "VM_USER")));
+        }
+    }
+
+    let hardware = match gpu::resolve(
+        settings.gpu.as_ref().map(|s| s.value.as_str()),
+        settings.machine_type.as_ref().map(|s| s.value.as_str()),
+    ) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            p.push(e.0);
+            None
+        }
+    };
+
+    let zones: Vec<String> = match (&settings.zones, &hardware) {
+        (Some(z), _) => {
+            let bad: Vec<&String> = z.value.iter().filter(|z| !validate_zone(z)).collect();
+            if !bad.is_empty() {
+                p.push(format!(
+                    "zones {bad:?} (from {}) are not zone names like us-central1-a",
+                    z.source
+                ));
+            }
+            if z.value.is_empty() {
+                p.push(format!(
+                    "zones (from {}) is empty: list at least one zone, e.g. --zone us-central1-a",
+                    z.source
+                ));
+            }
+            z.value.clone()
+        }
+        (None, Some(h)) => h
+            .gpu
+            .default_zones()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+
+    let spot = settings.spot.as_ref().map(|s| s.value).unwrap_or(false);
+
+    let max_time_secs = match &settings.max_time {
+        None => cloudrun::spec::DEFAULT_MAX_RUN_SECS,
+        Some(s) => match humantime::parse_duration(&s.value) {
+            Ok(d) if d.as_secs() >= MAX_RUN_DURATION_MIN_SECS => d.as_secs(),
+            Ok(_) => {
+                p.push(format!("max_time {:?} (from {}) is under {MAX_RUN_DURATION_MIN_SECS} s, the shortest Compute allows", s.value, s.source));
+                0
+            }
+            Err(e) => {
+                p.push(format!(
+                    "max_time {:?} (from {}) is not a duration ({e}): write e.g. --max-time 90m or max_time = \"12h\"",
+                    s.value, s.source
+                ));
+                0
+            }
+        },
+    };
+    if max_time_secs + CLOUD_DEADLINE_MARGIN_SECS > MAX_RUN_DURATION_MAX_SECS {
+        p.push(format!("max_time is longer than the 120 days Compute allows (with a {CLOUD_DEADLINE_MARGIN_SECS} s margin)"));
+    }
+
+    let disk_gb = settings
+        .disk_gb
+        .as_ref()
+        .map(|s| s.value)
+        .unwrap_or(DEFAULT_DISK_GB);
+    if disk_gb < MIN_DISK_GB {
+        p.push(format!("disk_gb {disk_gb} is below {MIN_DISK_GB} GB, smaller than the Deep Learning VM images: {}", how_to_set("disk_gb", "100")));
+    }
+
+    let mut env = BTreeMap::new();
+    for (k, v) in &settings.env {
+        if !validate_env_key(k) || v.value == "\0" {
+            p.push(format!(
+                "environment entry {k:?} (from {}) is not KEY=VALUE with a KEY of letters, digits and '_': write e.g. --env BATCHSIZE=256",
+                v.source
+            ));
+        } else {
+            env.insert(k.clone(), v.value.clone());
+        }
+    }
+
+    let output_dirs = settings
+        .output_dirs
+        .as_ref()
+        .map(|s| s.value.clone())
+        .unwrap_or_else(|| {
+            cloudrun::spec::DEFAULT_OUTPUT_DIRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+
+    // The script.
+    let command = match inputs.command.split_first() {
+        None => {
+            p.push("no script given: write e.g. `cloudrun-launch main.py --epochs 50`".into());
+            Vec::new()
+        }
+        Some((script, args)) => {
+            let path = settings.project_dir.join(script);
+            if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err()
+            {
+                p.push(format!(
+                    "script {script:?} must be a path inside the project folder {}",
+                    settings.project_dir.display()
+                ));
+            } else if !path.is_file() {
+                p.push(format!("script {script:?} not found in the project folder {} (run from the project folder or pass -C DIR)", settings.project_dir.display()));
+            }
+            job_command(script, args)
+        }
+    };
+
+    // The agent binary.
+    let agent_path = settings
+        .agent_binary
+        .as_ref()
+        .map(|s| s.value.clone())
+        .or_else(|| inputs.default_agent.clone());
+    let agent = match &agent_path {
+        None => {
+            p.push(format!(
+                "no agent binary: build it with scripts/build-agent.sh, then {}",
+                how_to_set("agent_binary", "/path/to/cloudrun-agent")
+            ));
+            None
+        }
+        Some(path) => match hash_agent(path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                p.push(format!(
+                    "agent binary {} cannot be read ({e}): build it with scripts/build-agent.sh, then {}",
+                    path.display(),
+                    how_to_set("agent_binary", "/path/to/cloudrun-agent")
+                ));
+                None
+            }
+        },
+    };
+
+    // Price and budget.
+    let estimate = hardware.as_ref().map(|h| {
+        inputs
+            .prices
+            .quote(&h.machine_type, Some((h.gpu.accelerator(), h.count)), spot)
+    });
+    let budget = settings.budget.as_ref().map(|s| s.value);
+    let mut agent_max = max_time_secs;
+    if let (Some(b), Some(e)) = (budget, &estimate) {
+        if !(b.is_finite() && b > 0.0) {
+            p.push(format!(
+                "budget {b} is not a positive amount of US dollars: {}",
+                how_to_set("budget", "20")
+            ));
+        } else if !e.is_complete() {
+            p.push(format!(
+                "a budget needs a complete price, and the price table has no {}: add it to a prices.toml (--prices FILE)",
+                e.missing.join(", no ")
+            ));
+        } else if let Some(secs) = cloudrun::billing::secs_for_budget(b, e.usd_per_hour) {
+            if secs < MIN_BUDGET_SECS {
+                p.push(format!(
+                    "budget ${b} buys only {secs} s at ${:.2}/h; Compute bills at least a minute",
+                    e.usd_per_hour
+                ));
+            }
+            agent_max = agent_max.min(secs);
+        }
+    }
+    let cloud_max_run_secs = agent_max + CLOUD_DEADLINE_MARGIN_SECS;
+
+    let idle = match settings.idle_minutes.as_ref().map(|s| s.value) {
+        Some(0) => IdlePolicy {
+            enabled: false,
+            ..IdlePolicy::default()
+        },
+        Some(m) => IdlePolicy {
+            window_secs: m * 60,
+            ..IdlePolicy::default()
+        },
+        None => IdlePolicy::default(),
+    };
+
+    let prices_problem = settings
+        .prices
+        .as_ref()
+        .and_then(|s| (!s.value.is_file()).then(|| s.value.clone()));
+    if let Some(path) = prices_problem {
+        p.push(format!(
+            "prices file {} not found: {}",
+            path.display(),
+            how_to_set("prices", "prices.toml")
+        ));
+    }
+
+    let (
+        Some(project),
+        Some(store),
+        Some(prefix),
+        Some(user),
+        Some(hardware),
+        Some(agent),
+        Some(estimate),
+    ) = (project, store, prefix, user, hardware, agent, estimate)
+    else {
+        return Err(Problems(p));
+    };
+    if !p.is_empty() {
+        return Err(Problems(p));
+    }
+
+    let run_id = RunId::new(inputs.now);
+    let instance_name = format!("{prefix}-{run_id}");
+    let bucket = match &store {
+        StoreUrl::Gcs { bucket, .. } => bucket.clone(),
+        StoreUrl::Local { .. } => String::new(),
+    };
+    let spec = RunSpec {
+        schema: SPEC_SCHEMA,
+        run_id: run_id.clone(),
+        created_at: inputs.now,
+        store: store.to_string(),
+        job: JobSpec {
+            command,
+            setup: settings.setup.as_ref().map(|s| s.value.clone()),
+            workdir: ".".into(),
+            env,
+            user: Some(user.to_string()),
+            output_dirs,
+        },
+        policies: Policies {
+            gpu_idle: idle,
+            budget_usd: budget,
+            max_run_secs: agent_max,
+            ..Policies::default()
+        },
+        price: PriceQuote {
+            usd_per_hour: estimate.usd_per_hour,
+            source: estimate.describe(),
+        },
+        placement: Placement {
+            provider: Provider::Gce,
+            project: Some(project.clone()),
+            zone: None,
+            instance: Some(instance_name.clone()),
+            machine_type: Some(hardware.machine_type.clone()),
+            gpu: Some(hardware.gpu.accelerator().to_string()),
+            gpu_count: hardware.count,
+            spot,
+        },
+        webhook: None,
+    };
+    if let Err(e) = spec.validate() {
+        return Err(Problems(vec![e.to_string()]));
+    }
+    Ok(LaunchPlan {
+        run_id,
+        project,
+        account,
+        layout: Layout::for_store(&store),
+        bucket,
+        store,
+        instance_name,
+        hardware,
+        zones,
+        spot,
+        image_project: settings
+            .image_project
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| DEFAULT_IMAGE_PROJECT.into()),
+        image_family: settings
+            .image_family
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| DEFAULT_IMAGE_FAMILY.into()),
+        disk_gb,
+        service_account: settings
+            .service_account
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.into()),
+        agent,
+        spec,
+        estimate,
+        cloud_max_run_secs,
+        storage_host: inputs.storage_host.clone(),
+        project_dir: settings.project_dir.clone(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::settings::Source;
+
+    fn s<T>(v: T) -> Option<Sourced<T>> {
+        Some(Sourced {
+            value: v,
+            source: Source::Env("TEST"),
+        })
+    }
+
+    /// A project folder with main.py and an agent binary, and complete settings.
+    pub(crate) fn good(dir: &Path) -> Settings {
+        std::fs::write(dir.join("main.py"), "print('hi')\n").unwrap();
+        std::fs::write(dir.join("cloudrun-agent"), b"\x7fELF fake agent").unwrap();
+        Settings {
+            project_dir: dir.into(),
+            project: s("my-project".into()),
+            gcs_dir: s("gs://my-bucket/cr".into()),
+            vm_instance: s("trainer".into()),
+            vm_user: s("alice".into()),
+            gpu: s("l4".into()),
+            agent_binary: s(dir.join("cloudrun-agent")),
+            ..Settings::default()
+        }
+    }
+
+    pub(crate) fn inputs<'a>(cmd: &'a [String], prices: &'a PriceTable) -> PlanInputs<'a> {
+        PlanInputs {
+            command: cmd,
+            now: "2026-11-26T07:15:00Z".parse().unwrap(),
+            prices,
+            default_agent: None,
+            storage_host: None,
+        }
+    }
+
+    #[test]
+    fn good_settings_make_a_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = good(dir.path());
+        st.budget = s(2.0);
+        st.env.insert(
+            "EPOCHS".into(),
+            Sourced {
+                value: "50".into(),
+                source: Source::Default,
+            },
+        );
+        let prices = PriceTable::builtin();
+        let cmd = vec!["main.py".to_string(), "--epochs".into(), "5".into()];
+        let plan = build(&st, &inputs(&cmd, &prices)).unwrap_err();
+        // L4's VM part is not in the built-in table, so a budget is refused…
+        assert!(
+            plan.to_string().contains("[machine.g2-standard-8]"),
+            "{plan}"
+        );
+        // …and accepted once the price is complete.
+        let prices = PriceTable::builtin().overlay(
+            PriceTable::from_toml(
+                "[machine.g2-standard-8]\non_demand = 0.30\nspot = 0.12\n",
+                "p.toml",
+            )
+            .unwrap(),
+        );
+        let plan = build(&st, &inputs(&cmd, &prices)).unwrap();
+        assert!(plan.instance_name.starts_with("trainer-20261126-071500-"));
+        assert_eq!(
+            plan.spec.job.command,
+            ["python3", "main.py", "--epochs", "5"]
+        );
+        assert_eq!(plan.spec.job.env["EPOCHS"], "50");
+        assert_eq!(
+            plan.zones.first().map(String::as_str),
+            Some("us-central1-a")
+        );
+        let per_h = 0.56004 + 0.30;
+        assert_eq!(
+            plan.spec.policies.max_run_secs,
+            (2.0 / per_h * 3600.0) as u64
+        );
+        assert_eq!(
+            plan.cloud_max_run_secs,
+            plan.spec.policies.max_run_secs + CLOUD_DEADLINE_MARGIN_SECS
+        );
+        assert!(plan.agent_url().starts_with("gs://my-bucket/cr/agent/"));
+    }
+
+    #[test]
+    fn every_missing_setting_is_named_with_how_to_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Settings {
+            project_dir: dir.path().into(),
+            ..Settings::default()
+        };
+        let prices = PriceTable::builtin();
+        let err = build(&st, &inputs(&[], &prices)).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "GCLOUD_PROJECT is not set: export GCLOUD_PROJECT=my-project, pass --project my-project, or set project = \"my-project\" in cloudrun.toml",
+            "GCS_DIR is not set: export GCS_DIR=",
+            "VM_INSTANCE is not set: export VM_INSTANCE=",
+            "VM_USER is not set: export VM_USER=",
+            "no GPU chosen",
+            "no script given",
+            "no agent binary",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_malformed_setting_is_named() {
+        let prices = PriceTable::builtin();
+        let cmd = vec!["main.py".to_string()];
+        type Mutate = fn(&mut Settings);
+        let cases: Vec<(Mutate, &str)> = vec![
+            (
+                |st| st.project = s_("My Project"),
+                "GCLOUD_PROJECT \"My Project\" (from env TEST)",
+            ),
+            (|st| st.account = s_("alice"), "e-mail address"),
+            (|st| st.gcs_dir = s_("s3://bkt"), "must start with gs://"),
+            (
+                |st| st.gcs_dir = s_("file:///tmp/x"),
+                "a VM cannot read a local directory",
+            ),
+            (
+                |st| st.vm_instance = s_("Trainer"),
+                "VM_INSTANCE \"Trainer\"",
+            ),
+            (|st| st.vm_instance = s_(&"x".repeat(50)), "at most 42"),
+            (|st| st.vm_user = s_("root"), "other than root"),
+            (|st| st.vm_user = s_("a b"), "Linux user name"),
+            (|st| st.gpu = s_("l4:3"), "1, 2, 4, 8"),
+            (
+                |st| st.zones = s(vec!["uscentral1".into()]),
+                "not zone names",
+            ),
+            (|st| st.max_time = s_("forever"), "not a duration"),
+            (|st| st.max_time = s_("10s"), "under 30 s"),
+            (|st| st.max_time = s_("200days"), "120 days"),
+            (|st| st.disk_gb = s(10), "below 50 GB"),
+            (|st| st.budget = s(-1.0), "not a positive amount"),
+            (
+                |st| {
+                    st.env.insert(
+                        "BAD KEY".into(),
+                        Sourced {
+                            value: "1".into(),
+                            source: Source::Flag("--env".into()),
+                        },
+                    );
+                },
+                "environment entry \"BAD KEY\"",
+            ),
+            (
+                |st| st.agent_binary = s(PathBuf::from("/nonexistent/agent")),
+                "scripts/build-agent.sh",
+            ),
+            (
+                |st| st.prices = s(PathBuf::from("/nonexistent/prices.toml")),
+                "prices file",
+            ),
+        ];
+        fn s_(v: &str) -> Option<Sourced<String>> {
+            s(v.to_string())
+        }
+        for (mutate, needle) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut st = good(dir.path());
+            mutate(&mut st);
+            let err = build(&st, &inputs(&cmd, &prices)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = good(dir.path());
+        let err = build(&st, &inputs(&["missing.py".to_string()], &prices))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"missing.py\" not found"), "{err}");
+    }
+
+    #[test]
+    fn scripts_map_to_their_interpreter() {
+        assert_eq!(
+            job_command("run.sh", &["-x".into()]),
+            ["bash", "run.sh", "-x"]
+        );
+        assert_eq!(job_command("train", &[]), ["./train"]);
+    }
+}

@@ -1,0 +1,830 @@
+//! Reading runs back from any machine: `status`, `logs`, `stop`, `ls`, `sweep`, and the
+//! metrics `report` uses. Everything comes from the store (`status.json`, `spec.json`,
+//! log and metrics chunks) and, where a project is known, the Compute API (is the VM
+//! still there?). Results go to the writer handed in (stdout); nothing here prints logs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cloudrun::compute::{Compute, Instance};
+use cloudrun::contract::{LABEL_MANAGED, LABEL_RUN};
+use cloudrun::status::{GpuSample, Phase, RunStatus, StopRequest};
+use cloudrun::storage::{PutOptions, Storage, StorageError};
+use cloudrun::{Layout, RunId, RunSpec};
+use serde::Serialize;
+
+/// How often `logs -f` looks for new chunks, in seconds.
+pub const LOG_POLL_SECS: u64 = 2;
+/// Longest pause between `logs -f` polls while the store is unreachable (laptop asleep,
+/// network down), in seconds.
+pub const LOG_POLL_MAX_BACKOFF_SECS: u64 = 60;
+/// A running run whose status was not rewritten for this long counts as silent, in
+/// seconds (the agent's heartbeat is every 30 s; this allows for long outages).
+pub const STALE_HEARTBEAT_SECS: i64 = 20 * 60;
+/// How long a VM may exist without any status before `sweep` takes it, in seconds
+/// (boot, driver install and code pull can take a while).
+pub const NO_STATUS_GRACE_SECS: i64 = 45 * 60;
+/// GPU samples shown in the sparkline.
+pub const SPARKLINE_SAMPLES: usize = 60;
+
+/// Why reading a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    #[error("no run {run} under {store}: list runs with `cloudrun-launch status`")]
+    NoSuchRun { run: String, store: String },
+    #[error("no runs under {0} yet")]
+    NoRuns(String),
+    #[error("{0}")]
+    BadRunId(#[from] cloudrun::run_id::RunIdError),
+    #[error("{what}: {source}")]
+    Storage {
+        what: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{what}: {source}")]
+    Compute {
+        what: String,
+        #[source]
+        source: cloudrun::compute::ComputeError,
+    },
+    #[error("{0} is not valid JSON: {1}")]
+    Json(String, serde_json::Error),
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("run {0} has no recorded VM (no spec placement, no status instance)")]
+    NoInstance(RunId),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn st(what: impl Into<String>) -> impl FnOnce(StorageError) -> RunsError {
+    let what = what.into();
+    move |source| RunsError::Storage { what, source }
+}
+
+/// The store and layout a subcommand reads.
+#[derive(Clone)]
+pub struct Store {
+    pub storage: Arc<dyn Storage>,
+    pub layout: Layout,
+}
+
+impl Store {
+    /// Every run id with a spec or a status, oldest first.
+    pub async fn run_ids(&self) -> Result<Vec<RunId>, RunsError> {
+        let prefix = self.layout.runs_prefix();
+        let objs = self
+            .storage
+            .list(&prefix)
+            .await
+            .map_err(st(format!("listing {prefix}")))?;
+        let ids: BTreeSet<RunId> = objs
+            .iter()
+            .filter_map(|o| self.layout.run_of_key(&o.key))
+            .collect();
+        Ok(ids.into_iter().collect())
+    }
+
+    /// A run id from the command line: an id, or `latest`.
+    pub async fn resolve(&self, arg: &str) -> Result<RunId, RunsError> {
+        if arg == "latest" || arg == "last" {
+            return self
+                .run_ids()
+                .await?
+                .pop()
+                .ok_or_else(|| RunsError::NoRuns(self.storage.describe()));
+        }
+        Ok(RunId::parse(arg)?)
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, RunsError> {
+        match self.storage.get_bytes(key).await {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| RunsError::Json(key.to_string(), e)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(st(format!("reading {key}"))(e)),
+        }
+    }
+
+    /// The run's status and spec; an error if it has neither.
+    pub async fn load(&self, run: &RunId) -> Result<RunView, RunsError> {
+        let status: Option<RunStatus> = self.get_json(&self.layout.status(run)).await?;
+        let spec: Option<RunSpec> = self.get_json(&self.layout.spec(run)).await?;
+        if status.is_none() && spec.is_none() {
+            return Err(RunsError::NoSuchRun {
+                run: run.to_string(),
+                store: self.storage.describe(),
+            });
+        }
+        Ok(RunView {
+            run: run.clone(),
+            status,
+            spec,
+        })
+    }
+
+    /// All GPU samples of a run, in write order. Lines that do not parse are skipped.
+    pub async fn metrics(&self, run: &RunId) -> Result<Vec<GpuSample>, RunsError> {
+        let prefix = self.layout.metrics_prefix(run);
+        let mut objs = self
+            .storage
+            .list(&prefix)
+            .await
+            .map_err(st(format!("listing {prefix}")))?;
+        objs.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = Vec::new();
+        for o in objs {
+            let b = self
+                .storage
+                .get_bytes(&o.key)
+                .await
+                .map_err(st(format!("reading {}", o.key)))?;
+            for line in String::from_utf8_lossy(&b).lines() {
+                if let Ok(s) = serde_json::from_str::<GpuSample>(line) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What the store knows about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunView {
+    pub run: RunId,
+    pub status: Option<RunStatus>,
+    pub spec: Option<RunSpec>,
+}
+
+impl RunView {
+    pub fn phase(&self) -> Phase {
+        self.status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or(Phase::Launching)
+    }
+
+    /// Project, zone and name of the VM, from the status or the spec.
+    pub fn instance(&self) -> Option<(String, String, String)> {
+        if let Some(i) = self.status.as_ref().and_then(|s| s.instance.as_ref()) {
+            return Some((i.project.clone(), i.zone.clone(), i.name.clone()));
+        }
+        let p = &self.spec.as_ref()?.placement;
+        Some((p.project.clone()?, p.zone.clone()?, p.instance.clone()?))
+    }
+
+    pub fn zone(&self) -> String {
+        self.instance()
+            .map(|(_, z, _)| z)
+            .unwrap_or_else(|| "-".into())
+    }
+
+    pub fn gpu(&self) -> String {
+        match self.spec.as_ref().map(|s| &s.placement) {
+            Some(p) => match &p.gpu {
+                Some(g) => format!(
+                    "{}×{}{}",
+                    p.gpu_count,
+                    g.trim_start_matches("nvidia-").trim_start_matches("tesla-"),
+                    if p.spot { " spot" } else { "" }
+                ),
+                None => "-".into(),
+            },
+            None => "-".into(),
+        }
+    }
+
+    /// Seconds since the agent (or, before it, the launch) started, to the end or now.
+    pub fn elapsed_secs(&self, now: DateTime<Utc>) -> Option<i64> {
+        let s = self.status.as_ref()?;
+        let start = s.agent_started_at.or(s.launched_at)?;
+        let end = s.ended_at.unwrap_or(now);
+        Some((end - start).num_seconds().max(0))
+    }
+
+    pub fn cost(&self) -> f64 {
+        let s = match &self.status {
+            Some(s) => s,
+            None => return 0.0,
+        };
+        s.receipt
+            .as_ref()
+            .map(|r| r.total_usd)
+            .unwrap_or(s.cost_usd)
+    }
+
+    pub fn end(&self) -> String {
+        self.status
+            .as_ref()
+            .and_then(|s| s.end.as_ref())
+            .map(|e| e.reason.describe().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether the heartbeat stopped: not ended and not rewritten for a long time.
+    pub fn silent(&self, now: DateTime<Utc>) -> bool {
+        match &self.status {
+            Some(s) if !s.phase.is_terminal() => {
+                let grace = if s.phase == Phase::Launching {
+                    NO_STATUS_GRACE_SECS
+                } else {
+                    STALE_HEARTBEAT_SECS
+                };
+                (now - s.updated_at).num_seconds() > grace
+            }
+            _ => false,
+        }
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Launching => "launching",
+        Phase::Pulling => "pulling",
+        Phase::Setup => "setup",
+        Phase::Running => "running",
+        Phase::Stopping => "stopping",
+        Phase::Ended => "ended",
+    }
+}
+
+/// A GPU-utilisation sparkline from samples (mean over GPUs; unknown samples as `·`).
+pub fn sparkline(samples: &[GpuSample]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let start = samples.len().saturating_sub(SPARKLINE_SAMPLES);
+    samples[start..]
+        .iter()
+        .map(|s| match mean_util(s) {
+            Some(u) => BARS[((u.clamp(0.0, 100.0) / 100.0) * 7.0).round() as usize],
+            None => '·',
+        })
+        .collect()
+}
+
+/// Mean GPU utilisation of one sample, `None` when unknown.
+pub fn mean_util(s: &GpuSample) -> Option<f64> {
+    if s.error.is_some() {
+        return None;
+    }
+    let known: Vec<f64> = s.gpus.iter().filter_map(|g| g.util_gpu_pct).collect();
+    if known.is_empty() {
+        None
+    } else {
+        Some(known.iter().sum::<f64>() / known.len() as f64)
+    }
+}
+
+/// Live cloudrun VMs by run id (label `cloudrun-run`), or why they could not be listed.
+pub async fn live_vms(
+    compute: Option<(&dyn Compute, &str)>,
+) -> Result<BTreeMap<String, Instance>, String> {
+    let Some((c, project)) = compute else {
+        return Err("VM check skipped: no project or credentials".into());
+    };
+    let filter = format!("labels.{LABEL_MANAGED} = true");
+    let vms = c
+        .list_instances(project, None, &filter)
+        .await
+        .map_err(|e| format!("VM check failed: {e}"))?;
+    Ok(vms
+        .into_iter()
+        .map(|i| {
+            (
+                i.labels
+                    .get(LABEL_RUN)
+                    .cloned()
+                    .unwrap_or_else(|| format!("?{}", i.name)),
+                i,
+            )
+        })
+        .collect())
+}
+
+#[derive(Serialize)]
+struct RowJson<'a> {
+    run_id: &'a str,
+    phase: &'static str,
+    zone: String,
+    gpu: String,
+    elapsed_secs: Option<i64>,
+    cost_usd: f64,
+    end_reason: Option<cloudrun::status::EndReason>,
+    vm_up: Option<bool>,
+}
+
+/// `status` without a run: one line per run.
+pub async fn status_table(
+    store: &Store,
+    compute: Option<(&dyn Compute, &str)>,
+    json: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let ids = store.run_ids().await?;
+    let vms = live_vms(compute).await;
+    let mut views = Vec::new();
+    for id in &ids {
+        views.push(store.load(id).await?);
+    }
+    if json {
+        let rows: Vec<RowJson> = views
+            .iter()
+            .map(|v| RowJson {
+                run_id: v.run.as_str(),
+                phase: phase_name(v.phase()),
+                zone: v.zone(),
+                gpu: v.gpu(),
+                elapsed_secs: v.elapsed_secs(now),
+                cost_usd: v.cost(),
+                end_reason: v
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.end.as_ref())
+                    .map(|e| e.reason),
+                vm_up: vms.as_ref().ok().map(|m| m.contains_key(v.run.as_str())),
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    if views.is_empty() {
+        writeln!(out, "no runs under {} yet", store.storage.describe())?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  END",
+        "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST"
+    )?;
+    for v in &views {
+        let vm_up = vms
+            .as_ref()
+            .map(|m| m.contains_key(v.run.as_str()))
+            .unwrap_or(false);
+        let mut end = v.end();
+        if v.phase().is_terminal() && vm_up {
+            end.push_str("  [VM still up: cloudrun-launch sweep]");
+        }
+        if v.silent(now) {
+            end.push_str("  [silent: no heartbeat]");
+        }
+        writeln!(
+            out,
+            "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  {}",
+            v.run.as_str(),
+            phase_name(v.phase()),
+            v.zone(),
+            v.gpu(),
+            v.elapsed_secs(now)
+                .map(|s| cloudrun::billing::format_secs(s as u64))
+                .unwrap_or_else(|| "-".into()),
+            format!("${:.2}", v.cost()),
+            end
+        )?;
+    }
+    if let Err(note) = vms {
+        writeln!(out, "({note})")?;
+    }
+    Ok(())
+}
+
+/// `status RUN`: one run in detail.
+pub async fn status_one(
+    store: &Store,
+    compute: Option<(&dyn Compute, &str)>,
+    run: &RunId,
+    json: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let v = store.load(run).await?;
+    let samples = store.metrics(run).await?;
+    let vm: Result<Option<Instance>, String> = match (compute, v.instance()) {
+        (Some((c, _)), Some((p, z, n))) => c
+            .get_instance(&p, &z, &n)
+            .await
+            .map_err(|e| format!("VM check failed: {e}")),
+        (None, _) => Err("VM check skipped: no project or credentials".into()),
+        (_, None) => Ok(None),
+    };
+    if json {
+        let doc = serde_json::json!({
+            "run_id": v.run.as_str(),
+            "phase": phase_name(v.phase()),
+            "status": v.status,
+            "spec": v.spec,
+            "vm": match &vm { Ok(Some(i)) => serde_json::json!({"name": i.name, "status": i.status, "zone": i.zone_name()}), Ok(None) => serde_json::Value::Null, Err(e) => serde_json::json!({"error": e}) },
+        });
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "run      {}", v.run)?;
+    writeln!(out, "phase    {}", phase_name(v.phase()))?;
+    writeln!(out, "gpu      {}", v.gpu())?;
+    if let Some((p, z, n)) = v.instance() {
+        let state = match &vm {
+            Ok(Some(i)) => i.status.clone(),
+            Ok(None) => "gone".into(),
+            Err(e) => e.clone(),
+        };
+        writeln!(out, "vm       {n} in {z} (project {p}): {state}")?;
+        if v.phase().is_terminal() && matches!(vm, Ok(Some(_))) {
+            writeln!(out, "warning  the run ended but its VM is still up: `cloudrun-launch stop {} --now` or `cloudrun-launch sweep --yes`", v.run)?;
+        }
+    }
+    if let Some(s) = &v.status {
+        if let Some(e) = v.elapsed_secs(now) {
+            writeln!(out, "elapsed  {}", cloudrun::billing::format_secs(e as u64))?;
+        }
+        writeln!(
+            out,
+            "cost     ${:.2} at ${:.2}/h{}",
+            v.cost(),
+            s.usd_per_hour,
+            s.budget_usd
+                .map(|b| format!(" (budget ${b:.2})"))
+                .unwrap_or_default()
+        )?;
+        if let Some(g) = &s.last_gpu {
+            let util: Vec<String> = g
+                .gpus
+                .iter()
+                .map(|r| {
+                    r.util_gpu_pct
+                        .map(|u| format!("{u:.0}%"))
+                        .unwrap_or_else(|| "?".into())
+                })
+                .collect();
+            writeln!(
+                out,
+                "gpu now  {} at {}",
+                util.join(" "),
+                g.at.format("%H:%M:%S UTC")
+            )?;
+        }
+        if let Some(note) = &s.gpu_note {
+            writeln!(out, "note     {note}")?;
+        }
+        if let Some(e) = &s.end {
+            writeln!(
+                out,
+                "end      {}{}",
+                e.reason.describe(),
+                if e.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.message)
+                }
+            )?;
+        }
+        if let Some(r) = &s.receipt {
+            writeln!(out, "receipt  {}", r.summary())?;
+        }
+        for w in &s.warnings {
+            writeln!(out, "warning  {w}")?;
+        }
+        if v.silent(now) {
+            writeln!(
+                out,
+                "warning  no heartbeat since {}: the agent may be gone",
+                s.updated_at.format("%Y-%m-%d %H:%M UTC")
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "status   none yet (the VM is booting or the launch did not finish)"
+        )?;
+    }
+    if !samples.is_empty() {
+        writeln!(out, "gpu util {}", sparkline(&samples))?;
+    }
+    Ok(())
+}
+
+/// Print the log chunks not printed yet (in name order); returns how many were printed.
+async fn print_new_chunks(
+    store: &Store,
+    run: &RunId,
+    seen: &mut BTreeSet<String>,
+    out: &mut dyn Write,
+) -> Result<usize, RunsError> {
+    let prefix = store.layout.logs_prefix(run);
+    let mut objs = store
+        .storage
+        .list(&prefix)
+        .await
+        .map_err(st(format!("listing {prefix}")))?;
+    objs.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut n = 0;
+    for o in objs {
+        if seen.contains(&o.key) {
+            continue;
+        }
+        let b = store
+            .storage
+            .get_bytes(&o.key)
+            .await
+            .map_err(st(format!("reading {}", o.key)))?;
+        out.write_all(&b)?;
+        out.flush()?;
+        seen.insert(o.key);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `logs RUN [-f]`. With `follow`, keeps polling until the run has ended (and its last
+/// chunks are printed), riding out unreachable-store spells with backoff. Returns the
+/// final status when following.
+pub async fn logs(
+    store: &Store,
+    run: &RunId,
+    follow: bool,
+    poll: Duration,
+    out: &mut dyn Write,
+) -> Result<Option<RunStatus>, RunsError> {
+    let mut seen = BTreeSet::new();
+    if !follow {
+        store.load(run).await?;
+        print_new_chunks(store, run, &mut seen, out).await?;
+        return Ok(None);
+    }
+    let mut pause = poll;
+    let mut failing = false;
+    loop {
+        let step = async {
+            let view = store.load(run).await?;
+            print_new_chunks(store, run, &mut seen, out).await?;
+            Ok::<_, RunsError>(view)
+        }
+        .await;
+        match step {
+            Ok(view) => {
+                if failing {
+                    tracing::info!("store reachable again; resuming");
+                    failing = false;
+                }
+                pause = poll;
+                if view.phase().is_terminal() {
+                    // The agent writes the last chunks before the final status.
+                    print_new_chunks(store, run, &mut seen, out).await?;
+                    return Ok(view.status);
+                }
+            }
+            Err(e @ RunsError::NoSuchRun { .. }) => return Err(e),
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("{e}; retrying until the store answers again");
+                    failing = true;
+                }
+                pause = (pause * 2).min(Duration::from_secs(LOG_POLL_MAX_BACKOFF_SECS));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// `stop RUN`: write a stop request the agent polls for. With `now`, also delete the VM.
+pub async fn stop(
+    store: &Store,
+    compute: Option<&dyn Compute>,
+    run: &RunId,
+    now_flag: bool,
+    by: &str,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let v = store.load(run).await?;
+    if v.phase().is_terminal() && !now_flag {
+        writeln!(out, "run {run} already ended ({})", v.end())?;
+        return Ok(());
+    }
+    let req = StopRequest {
+        requested_at: now,
+        by: by.to_string(),
+        message: Some(if now_flag {
+            "stop --now".into()
+        } else {
+            "stop".into()
+        }),
+    };
+    let key = store.layout.stop_request(run);
+    store
+        .storage
+        .put_bytes(
+            &key,
+            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
+            &PutOptions::default().with_content_type("application/json"),
+        )
+        .await
+        .map_err(st(format!("writing {key}")))?;
+    if !now_flag {
+        let every = v
+            .spec
+            .as_ref()
+            .map(|s| s.policies.intervals.stop_poll_secs)
+            .unwrap_or(cloudrun::spec::DEFAULT_STOP_POLL_SECS);
+        writeln!(out, "asked run {run} to stop: within ~{every} s the agent stops the job, syncs outputs, then deletes the VM (follow with `cloudrun-launch logs -f {run}`)")?;
+        return Ok(());
+    }
+    let (p, z, n) = v
+        .instance()
+        .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
+    let compute = compute.ok_or_else(|| {
+        RunsError::Other(
+            "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
+        )
+    })?;
+    let rid = uuid::Uuid::new_v4().to_string();
+    match compute
+        .delete_instance(&p, &z, &n, &rid)
+        .await
+        .map_err(|source| RunsError::Compute {
+            what: format!("deleting {n}"),
+            source,
+        })? {
+        Some(_) => writeln!(
+            out,
+            "deleting VM {n} in {z}; outputs not yet synced are lost"
+        )?,
+        None => writeln!(out, "VM {n} is already gone")?,
+    }
+    Ok(())
+}
+
+/// `ls`: runs and live cloudrun VMs side by side.
+pub async fn ls(
+    store: &Store,
+    compute: Option<(&dyn Compute, &str)>,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let ids = store.run_ids().await?;
+    let vms = live_vms(compute).await;
+    writeln!(
+        out,
+        "{:<22} {:<10} {:<14} {:>8}  VM",
+        "RUN", "PHASE", "GPU", "COST"
+    )?;
+    let mut shown = BTreeSet::new();
+    for id in ids.iter().rev() {
+        let v = store.load(id).await?;
+        let vm = match &vms {
+            Ok(m) => match m.get(id.as_str()) {
+                Some(i) => format!("{} {} ({})", i.name, i.status, i.zone_name()),
+                None => "-".into(),
+            },
+            Err(_) => "?".into(),
+        };
+        shown.insert(id.to_string());
+        let mut phase = phase_name(v.phase()).to_string();
+        if v.silent(now) {
+            phase.push('?');
+        }
+        writeln!(
+            out,
+            "{:<22} {:<10} {:<14} {:>8}  {}",
+            id.as_str(),
+            phase,
+            v.gpu(),
+            format!("${:.2}", v.cost()),
+            vm
+        )?;
+    }
+    match vms {
+        Ok(m) => {
+            for (run, i) in m.iter().filter(|(r, _)| !shown.contains(*r)) {
+                writeln!(
+                    out,
+                    "{:<22} {:<10} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]",
+                    run,
+                    "-",
+                    "-",
+                    "-",
+                    i.name,
+                    i.status,
+                    i.zone_name()
+                )?;
+            }
+        }
+        Err(note) => writeln!(out, "({note})")?,
+    }
+    Ok(())
+}
+
+/// A VM `sweep` would delete, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepCandidate {
+    pub project: String,
+    pub zone: String,
+    pub name: String,
+    pub run: String,
+    pub why: String,
+}
+
+/// The cloudrun VMs whose run ended or went silent.
+pub async fn sweep_candidates(
+    store: &Store,
+    compute: &dyn Compute,
+    project: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<SweepCandidate>, RunsError> {
+    let filter = format!("labels.{LABEL_MANAGED} = true");
+    let vms = compute
+        .list_instances(project, None, &filter)
+        .await
+        .map_err(|source| RunsError::Compute {
+            what: "listing cloudrun VMs".into(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for vm in vms {
+        let run = vm.labels.get(LABEL_RUN).cloned().unwrap_or_default();
+        let created = DateTime::parse_from_rfc3339(&vm.creation_timestamp)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        let old = created
+            .map(|c| (now - c).num_seconds() > NO_STATUS_GRACE_SECS)
+            .unwrap_or(true);
+        let why = match RunId::parse(&run) {
+            Err(_) => old.then(|| "no cloudrun-run label".to_string()),
+            Ok(id) => match store.load(&id).await {
+                Ok(v) if v.phase().is_terminal() => Some(format!("run ended ({})", v.end())),
+                Ok(v) if v.silent(now) => Some("no heartbeat".to_string()),
+                Ok(v) if v.status.is_none() && old => Some("no status after boot".to_string()),
+                Ok(_) => None,
+                Err(RunsError::NoSuchRun { .. }) => {
+                    old.then(|| "its run is not in this GCS_DIR".to_string())
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some(why) = why {
+            out.push(SweepCandidate {
+                project: project.to_string(),
+                zone: vm.zone_name().to_string(),
+                name: vm.name.clone(),
+                run,
+                why,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `sweep [--yes]`.
+pub async fn sweep(
+    store: &Store,
+    compute: &dyn Compute,
+    project: &str,
+    yes: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<usize, RunsError> {
+    let c = sweep_candidates(store, compute, project, now).await?;
+    if c.is_empty() {
+        writeln!(out, "nothing to sweep")?;
+        return Ok(0);
+    }
+    for v in &c {
+        if yes {
+            let rid = uuid::Uuid::new_v4().to_string();
+            let r = compute
+                .delete_instance(&v.project, &v.zone, &v.name, &rid)
+                .await;
+            match r {
+                Ok(_) => writeln!(out, "deleting {} in {} ({})", v.name, v.zone, v.why)?,
+                Err(e) => writeln!(out, "could not delete {} in {}: {e}", v.name, v.zone)?,
+            }
+        } else {
+            writeln!(out, "{} in {}: {} (run {})", v.name, v.zone, v.why, v.run)?;
+        }
+    }
+    if !yes {
+        writeln!(
+            out,
+            "{} VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them",
+            c.len()
+        )?;
+    }
+    Ok(c.len())
+}
