@@ -8,12 +8,14 @@
 //! ```
 //!
 //! `GCS_DIR` is `gs://bucket/prefix`; set `STORAGE_EMULATOR_HOST` to aim at an emulator.
-//! `BENCH_CONCURRENCY` overrides the number of transfers in flight.
+//! `BENCH_CONCURRENCY` overrides the number of transfers in flight, `BENCH_CHUNK_MIB` the
+//! GCS backend's resumable chunk size.
 
 use std::error::Error;
 use std::path::Path;
 use std::time::Instant;
 
+use cloudrun::storage::gcs::{Endpoint, GcsStorage};
 use cloudrun::sync::{
     mirror_dir, pull_prefix, push_tree, scan_tree, MirrorState, PushOptions, ScanOptions,
     DEFAULT_CONCURRENCY,
@@ -29,9 +31,19 @@ fn concurrency() -> usize {
         .unwrap_or(DEFAULT_CONCURRENCY)
 }
 
+/// The store as the binaries open it; `BENCH_CHUNK_MIB` overrides the resumable chunk
+/// size of the GCS backend, to see what it costs on a given server.
 fn open(gcs_dir: &str) -> Res<(StoreUrl, std::sync::Arc<dyn cloudrun::Storage>)> {
     let url = StoreUrl::parse(gcs_dir)?;
-    let storage = cloudrun::storage::open(&url, None)?;
+    let chunk_mib: Option<usize> = std::env::var("BENCH_CHUNK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let storage: std::sync::Arc<dyn cloudrun::Storage> = match (&url, chunk_mib) {
+        (StoreUrl::Gcs { bucket, .. }, Some(mib)) => std::sync::Arc::new(
+            GcsStorage::new(bucket, Endpoint::from_env(), None)?.with_chunk_bytes(mib << 20),
+        ),
+        _ => cloudrun::storage::open(&url, None)?,
+    };
     Ok((url, storage))
 }
 

@@ -12,6 +12,7 @@
 # Knobs: BENCH_DIR (default target/bench-sync), BENCH_SMALL_FILES (2000),
 # BENCH_LARGE_FILES (8), BENCH_LARGE_MIB (128), BENCH_PROFILE (dev|release; dev builds
 # dependencies at opt-level 2 and is what the tests use), BENCH_CONCURRENCY,
+# BENCH_CHUNK_MIB (the GCS backend's resumable chunk), BENCH_FGS_BACKEND (memory|filesystem),
 # BENCH_PY_WORKERS, BENCH_PY_WORKER_TYPE (process|thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ SMALL_FILES=${BENCH_SMALL_FILES:-2000}
 LARGE_FILES=${BENCH_LARGE_FILES:-8}
 LARGE_MIB=${BENCH_LARGE_MIB:-128}
 PROFILE=${BENCH_PROFILE:-dev}
+BACKEND=${BENCH_FGS_BACKEND:-memory}
 PY="$VENV/bin/python"
 
 die() { echo "bench-sync: $*" >&2; exit 1; }
@@ -69,23 +71,39 @@ sleep 2.1
 
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HOST=http://127.0.0.1:$PORT
+export STORAGE_EMULATOR_HOST=$HOST
 rm -rf "$WORK/fgs-root" "$WORK/gcloud" "$WORK/pull-engine" "$WORK/pull-py"
-mkdir -p "$WORK/fgs-root"
-"$FGS" -scheme http -host 127.0.0.1 -port "$PORT" -backend filesystem \
-  -filesystem-root "$WORK/fgs-root" -log-level error >"$WORK/fgs.log" 2>&1 &
-FGS_PID=$!
+FGS_PID=
+# Every contender gets a fresh, empty server: fake-gcs-server slows down as it fills,
+# so sharing one would favour whoever goes first.
+stop_server() {
+  if [ -n "$FGS_PID" ]; then
+    kill "$FGS_PID" 2>/dev/null || true
+    wait "$FGS_PID" 2>/dev/null || true
+    FGS_PID=
+  fi
+  rm -rf "$WORK/fgs-root"
+}
+fresh_server() {
+  stop_server
+  mkdir -p "$WORK/fgs-root"
+  if [ "$BACKEND" = memory ]; then
+    "$FGS" -scheme http -host 127.0.0.1 -port "$PORT" -backend memory \
+      -log-level error >>"$WORK/fgs.log" 2>&1 &
+  else
+    "$FGS" -scheme http -host 127.0.0.1 -port "$PORT" -backend filesystem \
+      -filesystem-root "$WORK/fgs-root" -log-level error >>"$WORK/fgs.log" 2>&1 &
+  fi
+  FGS_PID=$!
+  for _ in $(seq 1 200); do curl -sf "$HOST/storage/v1/b" >/dev/null && break; sleep 0.05; done
+  curl -sf -X POST "$HOST/storage/v1/b?project=bench" -H 'Content-Type: application/json' \
+    -d '{"name":"bkt"}' >/dev/null
+}
 cleanup() {
-  kill "$FGS_PID" 2>/dev/null || true
-  wait "$FGS_PID" 2>/dev/null || true
-  rm -rf "$WORK/fgs-root" "$WORK/pull-engine" "$WORK/pull-py"
+  stop_server
+  rm -rf "$WORK/pull-engine" "$WORK/pull-py"
 }
 trap cleanup EXIT
-for _ in $(seq 1 200); do curl -sf "$HOST/storage/v1/b" >/dev/null && break; sleep 0.05; done
-export STORAGE_EMULATOR_HOST=$HOST
-for b in bkt-engine bkt-gcloud bkt-py; do
-  curl -sf -X POST "$HOST/storage/v1/b?project=bench" -H 'Content-Type: application/json' \
-    -d "{\"name\":\"$b\"}" >/dev/null
-done
 
 export CLOUDSDK_CONFIG=$WORK/gcloud
 {
@@ -96,55 +114,65 @@ export CLOUDSDK_CONFIG=$WORK/gcloud
   gcloud config set component_manager/disable_update_check true
 } >/dev/null 2>&1
 
+count_objects() {
+  "$PY" -c 'import sys
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+c = storage.Client(project="bench", credentials=AnonymousCredentials())
+print(sum(1 for _ in c.list_blobs("bkt", prefix=sys.argv[1])))' "$1"
+}
+
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 field() { "$PY" -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'; }
 
 total_mib=$(du -sm "$TREE" | cut -f1)
-echo "bench-sync: tree $(find "$TREE" -type f | wc -l) files, ${total_mib} MiB; fake-gcs-server on $HOST" >&2
+echo "bench-sync: tree $(find "$TREE" -type f | wc -l) files, ${total_mib} MiB; fake-gcs-server ($BACKEND) on $HOST" >&2
 
-# 1. Cold push.
-rm -f "$WORK/index.json"
-t0=$(now); eng=$("$BIN" push "$TREE" gs://bkt-engine/proj "$WORK/index.json"); t1=$(now)
-cold_engine=$(secs "$t0" "$t1")
-t0=$(now); gcloud storage rsync -r "$TREE" gs://bkt-gcloud/proj --quiet >"$WORK/gcloud.log" 2>&1; t1=$(now)
-cold_gcloud=$(secs "$t0" "$t1")
-t0=$(now); "$PY" scripts/bench_sync_py.py upload "$TREE" bkt-py proj/ >/dev/null; t1=$(now)
-cold_py=$(secs "$t0" "$t1")
-
-# Every contender must have sent the whole tree.
+# 1. Cold push, and 2. re-push after changing one small file (same size: a real edit).
 nfiles=$(find "$TREE" -type f | wc -l)
-for b in bkt-engine:proj/blobs/ bkt-gcloud:proj/ bkt-py:proj/; do
-  n=$("$PY" -c 'import sys
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-c = storage.Client(project="bench", credentials=AnonymousCredentials())
-print(sum(1 for _ in c.list_blobs(sys.argv[1], prefix=sys.argv[2])))' "${b%%:*}" "${b#*:}")
-  [ "$n" -ge "$nfiles" ] || [ "${b%%:*}" = bkt-engine ] || die "${b%%:*} holds $n objects, want $nfiles"
-  echo "bench-sync: ${b%%:*} holds $n objects under ${b#*:}" >&2
-done
-
-# 2. Re-push after changing one small file (same size: a real edit of one line).
 edited="$TREE/src/pkg07/mod0007.py"
-"$PY" -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[0]^=0xff; open(p,"wb").write(b)' "$edited"
+flip() { "$PY" -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[0]^=0xff; open(p,"wb").write(b)' "$edited"; }
 edited_bytes=$(stat -c %s "$edited")
-t0=$(now); re=$("$BIN" push "$TREE" gs://bkt-engine/proj "$WORK/index.json"); t1=$(now)
+
+fresh_server
+rm -f "$WORK/index.json"
+t0=$(now); eng=$("$BIN" push "$TREE" gs://bkt/proj "$WORK/index.json"); t1=$(now)
+cold_engine=$(secs "$t0" "$t1")
+flip
+t0=$(now); re=$("$BIN" push "$TREE" gs://bkt/proj "$WORK/index.json"); t1=$(now)
 re_engine=$(secs "$t0" "$t1")
-t0=$(now); gcloud storage rsync -r "$TREE" gs://bkt-gcloud/proj --quiet >>"$WORK/gcloud.log" 2>&1; t1=$(now)
+flip # back, for the next contender and the next run
+echo "bench-sync: engine: $(count_objects proj/blobs/) blobs" >&2
+
+fresh_server
+t0=$(now); gcloud storage rsync -r "$TREE" gs://bkt/proj --quiet >"$WORK/gcloud.log" 2>&1; t1=$(now)
+cold_gcloud=$(secs "$t0" "$t1")
+flip
+t0=$(now); gcloud storage rsync -r "$TREE" gs://bkt/proj --quiet >>"$WORK/gcloud.log" 2>&1; t1=$(now)
 re_gcloud=$(secs "$t0" "$t1")
-# Put the file back, so the next run starts from the same tree.
-"$PY" -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[0]^=0xff; open(p,"wb").write(b)' "$edited"
+flip
+n=$(count_objects proj/); [ "$n" -eq "$nfiles" ] || die "gcloud stored $n objects, want $nfiles"
+
+fresh_server
+t0=$(now); "$PY" scripts/bench_sync_py.py upload "$TREE" bkt proj/ >/dev/null; t1=$(now)
+cold_py=$(secs "$t0" "$t1")
+n=$(count_objects proj/); [ "$n" -eq "$nfiles" ] || die "python stored $n objects, want $nfiles"
 
 # 3. Mirror and pull the large files.
-t0=$(now); mir=$("$BIN" mirror "$TREE/large" gs://bkt-engine/mirror); t1=$(now)
+fresh_server
+t0=$(now); mir=$("$BIN" mirror "$TREE/large" gs://bkt/mirror); t1=$(now)
 mirror_engine=$(secs "$t0" "$t1")
-t0=$(now); "$PY" scripts/bench_sync_py.py upload "$TREE/large" bkt-py mirror/ >/dev/null; t1=$(now)
-mirror_py=$(secs "$t0" "$t1")
-t0=$(now); pul=$("$BIN" pull gs://bkt-engine/mirror "$WORK/pull-engine"); t1=$(now)
+t0=$(now); pul=$("$BIN" pull gs://bkt/mirror "$WORK/pull-engine"); t1=$(now)
 pull_engine=$(secs "$t0" "$t1")
-t0=$(now); "$PY" scripts/bench_sync_py.py download bkt-py mirror/ "$WORK/pull-py" >/dev/null; t1=$(now)
+
+fresh_server
+t0=$(now); "$PY" scripts/bench_sync_py.py upload "$TREE/large" bkt mirror/ >/dev/null; t1=$(now)
+mirror_py=$(secs "$t0" "$t1")
+t0=$(now); "$PY" scripts/bench_sync_py.py download bkt mirror/ "$WORK/pull-py" >/dev/null; t1=$(now)
 pull_py=$(secs "$t0" "$t1")
+stop_server
 for f in "$TREE"/large/*.bin; do
   cmp -s "$f" "$WORK/pull-engine/$(basename "$f")" || die "engine pull differs: $f"
   cmp -s "$f" "$WORK/pull-py/$(basename "$f")" || die "python pull differs: $f"
@@ -152,7 +180,7 @@ done
 
 large_mib=$((LARGE_FILES * LARGE_MIB))
 cat <<EOF
-bench-sync: $SMALL_FILES small files + $LARGE_FILES x $LARGE_MIB MiB (${total_mib} MiB), fake-gcs-server (filesystem backend) on loopback, $(nproc) CPUs, profile $PROFILE
+bench-sync: $SMALL_FILES small files + $LARGE_FILES x $LARGE_MIB MiB (${total_mib} MiB), fake-gcs-server ($BACKEND backend, fresh per contender) on loopback, $(nproc) CPUs, profile $PROFILE
 
 1. cold push                          wall s   vs engine
    engine (scan+hash+push)            $(printf '%7s' "$cold_engine")

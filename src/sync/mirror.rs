@@ -170,7 +170,8 @@ pub async fn mirror_dir(
             let storage = storage.clone();
             let key = format!("{prefix}{}", f.rel);
             let remote = remote.get(&f.rel);
-            async move { mirror_one(storage.as_ref(), f, key, remote).await }
+            let known = state.files.get(&f.rel);
+            async move { mirror_one(storage.as_ref(), f, key, remote, known).await }
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
@@ -220,6 +221,7 @@ async fn mirror_one(
     f: Local,
     key: String,
     remote: Option<&ObjectMeta>,
+    known: Option<&MirroredFile>,
 ) -> Result<Outcome, SyncError> {
     let abs = f.abs.clone();
     let hashed = blocking(move || {
@@ -248,6 +250,10 @@ async fn mirror_one(
         sha256: d.sha256.clone(),
         crc32c: d.crc32c,
     };
+    // Touched but not changed (same contents as last sent), or already in the store.
+    if known.is_some_and(|k| k.size == d.size && k.sha256 == d.sha256 && k.crc32c == d.crc32c) {
+        return Ok(Outcome::Adopted(f.rel, rec));
+    }
     if let Some(m) = remote {
         if m.size == d.size && m.metadata.get(META_SHA256) == Some(&d.sha256) {
             return Ok(Outcome::Adopted(f.rel, rec));
@@ -528,6 +534,8 @@ mod tests {
         assert_eq!(store.take_puts().0.len(), 0);
         assert_eq!(store.lists.load(std::sync::atomic::Ordering::SeqCst), 0);
 
+        // Touched, same contents: hashed again, not sent again.
+        crate::sync::test_util::age(&ckpt, "config.json", 60);
         write(&ckpt, "logs/events.txt", b"step 1\nstep 2");
         write(&ckpt, "epoch2.pt", b"weights-2");
         std::fs::remove_file(ckpt.join("epoch1.pt")).unwrap();
@@ -535,7 +543,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(third.uploaded, ["epoch2.pt", "logs/events.txt"]);
-        assert_eq!(third.unchanged, 1);
+        assert_eq!(third.unchanged, 1, "config.json");
+        let st = std::fs::metadata(ckpt.join("config.json")).unwrap();
+        assert_eq!(
+            state.files["config.json"].mtime_ns,
+            crate::sync::mtime_ns(&st),
+            "the new mtime is recorded"
+        );
         let (keys, _) = store.take_puts();
         assert_eq!(keys.len(), 2);
         // Deleted locally, kept remotely.

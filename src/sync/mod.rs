@@ -1,6 +1,6 @@
-//! The sync engine: moves file trees between a local disk and a [`Storage`], verified and
-//! incrementally, on top of nothing but the `Storage` trait (so the local-directory and
-//! GCS backends behave the same).
+//! The sync engine: moves file trees between a local disk and a
+//! [`Storage`](crate::storage::Storage), verified and incrementally, on top of nothing but
+//! that trait (so the local-directory and GCS backends behave the same).
 //!
 //! Two shapes of transfer, for two kinds of data:
 //!
@@ -8,8 +8,8 @@
 //!   `.gitignore`, `.ignore` and `.cloudrunignore`) and hashes it, with a local index so
 //!   unchanged files are not hashed again; [`push_tree`] uploads only the blobs the store
 //!   lacks to `blobs/<sha256>` and writes the [`Manifest`](crate::manifest::Manifest);
-//!   [`materialise`] turns a
-//!   manifest back into a directory, checking every byte against the manifest.
+//!   [`materialise`] turns a manifest back into a directory, checking every byte against
+//!   the manifest.
 //! - **Outputs** (checkpoints, models) are plain objects `<prefix><relative path>` that any
 //!   GCS tool can read. [`mirror_dir`] uploads the files that changed since the last pass,
 //!   never half a file that is still being written; [`pull_prefix`] brings them back.

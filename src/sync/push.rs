@@ -122,6 +122,9 @@ pub async fn push_tree(
         }
     }
 
+    // Largest first: the big files set the finishing time, and the small ones fill the
+    // gaps around them instead of leaving a few big uploads to run alone at the end.
+    uploads.sort_by_key(|u| std::cmp::Reverse(u.file.entry.size));
     let to_send: u64 = uploads.iter().map(|u| u.file.entry.size).sum();
     let bar = progress_bar(opts.progress, to_send, "pushing");
     let sent: Vec<Option<u64>> = futures::stream::iter(uploads)

@@ -2,7 +2,9 @@
 //!
 //! The walk honours `.gitignore` (and `.git/info/exclude`), `.ignore` and
 //! [`CLOUDRUN_IGNORE_FILE`] the way ripgrep does, whether or not the folder is a git
-//! repository, and never enters `.git`. The user's global git excludes are *not* read: what
+//! repository, and never enters `.git`. Ignore files in directories above the root are
+//! read only when the root lies inside a git repository (a project launched from a
+//! subfolder of a repository keeps the repository's rules). The user's global git excludes are *not* read: what
 //! is sent should not depend on per-machine settings nobody else can see. Dotfiles are
 //! included, as git includes them. Empty directories are not recorded.
 //!
@@ -145,6 +147,10 @@ pub fn scan_tree(root: &Path, opts: &ScanOptions) -> Result<ScannedTree, SyncErr
         .as_deref()
         .and_then(|p| std::fs::canonicalize(p).ok());
 
+    // Ignore files above the root count only inside a git repository (as git reads them,
+    // up to the repository's top); otherwise a stray ~/.gitignore would decide what a
+    // plain folder sends.
+    let in_git_repo = root_canon.ancestors().any(|a| a.join(".git").exists());
     let mut walker = ignore::WalkBuilder::new(&root_canon);
     walker
         .hidden(false)
@@ -152,7 +158,7 @@ pub fn scan_tree(root: &Path, opts: &ScanOptions) -> Result<ScannedTree, SyncErr
         .git_exclude(true)
         .git_global(false)
         .ignore(true)
-        .parents(true)
+        .parents(in_git_repo)
         .require_git(false)
         .follow_links(false)
         .add_custom_ignore_filename(CLOUDRUN_IGNORE_FILE)
@@ -491,7 +497,6 @@ mod tests {
         write(root, "secret.txt", b"s");
         write(root, "sub/keep.py", b"k");
         write(root, "sub/scratch.tmp", b"t");
-        write(root, ".git/config", b"[core]");
         write(root, ".env", b"A=1");
         let t = scan_tree(root, &ScanOptions::default()).unwrap();
         assert_eq!(
@@ -510,6 +515,34 @@ mod tests {
             note.contains(".gitignore") && note.contains(".cloudrunignore"),
             "{note}"
         );
+    }
+
+    #[test]
+    fn the_git_directory_is_never_sent_and_repository_rules_apply() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        write(root, ".git/config", b"[core]");
+        write(root, ".git/info/exclude", b"local.txt\n");
+        write(root, ".gitignore", b"*.log\n");
+        write(root, "main.py", b"m");
+        write(root, "local.txt", b"l");
+        write(root, "train.log", b"t");
+        let t = scan_tree(root, &ScanOptions::default()).unwrap();
+        assert_eq!(paths(&t), [".gitignore", "main.py"]);
+    }
+
+    #[test]
+    fn ignore_files_above_the_root_count_only_inside_a_git_repository() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), ".gitignore", b"secret.txt\n");
+        let root = d.path().join("proj");
+        write(&root, "main.py", b"m");
+        write(&root, "secret.txt", b"s");
+        let t = scan_tree(&root, &ScanOptions::default()).unwrap();
+        assert_eq!(paths(&t), ["main.py", "secret.txt"], "a plain folder");
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        let t = scan_tree(&root, &ScanOptions::default()).unwrap();
+        assert_eq!(paths(&t), ["main.py"], "a subfolder of a repository");
     }
 
     #[test]
