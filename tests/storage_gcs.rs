@@ -269,10 +269,19 @@ async fn an_emulator_that_disappears_mid_upload_gives_an_error_and_no_half_objec
     let mut gcs = FakeGcs::start();
     gcs.create_bucket("bkt");
     let proxy = FlakyProxy::start(gcs.port());
-    let s = store(&proxy.host(), "bkt").with_chunk_bytes(1 << 20);
+    // The first retry waits at least 250 ms: long enough for the test to take the server
+    // away first, even on a loaded machine.
+    let patient = RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(500),
+        total_deadline: Duration::from_secs(5),
+    };
+    let s = store(&proxy.host(), "bkt")
+        .with_chunk_bytes(1 << 20)
+        .with_retry(patient);
     let data = Bytes::from(pattern("gone", 12 << 20));
-    // The first chunk goes through; the connection carrying the second is cut and the
-    // server is gone by the time the client retries.
+    // The first chunk goes through; the connection carrying the second is cut.
     proxy.cut_after((1 << 20) + 200_000);
     let upload = {
         let data = data.clone();
@@ -282,13 +291,17 @@ async fn an_emulator_that_disappears_mid_upload_gives_an_error_and_no_half_objec
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    while proxy.cuts() == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     gcs.stop();
     let err = upload.await.unwrap().unwrap_err();
     assert!(
         matches!(
             err,
-            StorageError::Transport { .. } | StorageError::Http { .. }
+            StorageError::Transport { .. }
+                | StorageError::Http { .. }
+                | StorageError::Integrity { .. }
         ),
         "{err}"
     );
@@ -303,6 +316,24 @@ async fn an_emulator_that_disappears_mid_upload_gives_an_error_and_no_half_objec
         .await
         .unwrap();
     assert_eq!(m.size, data.len() as u64);
+}
+
+#[tokio::test]
+async fn an_upload_the_server_finalises_short_is_removed_not_left_half() {
+    // fake-gcs-server 1.54 finalises a resumable upload on a status query with whatever it
+    // has; real GCS answers 308. Either way a short object must not survive.
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let proxy = FlakyProxy::start(gcs.port());
+    let s = store(&proxy.host(), "bkt").with_chunk_bytes(1 << 20);
+    let data = Bytes::from(pattern("short", 12 << 20));
+    proxy.cut_after((1 << 20) + 200_000);
+    let err = s
+        .put_bytes("ckpt/short.bin", data, &PutOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+    assert!(s.head("ckpt/short.bin").await.unwrap().is_none());
 }
 
 #[tokio::test]

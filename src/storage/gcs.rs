@@ -409,8 +409,39 @@ impl GcsStorage {
             return Err(Self::error_of(key, &Method::POST, &url, resp).await);
         }
         let m = Self::object_of(key, &url, resp).await?;
-        Self::check_written(key, &m, crc, data.len() as u64)?;
+        if let Err(e) = Self::check_written(key, &m, crc, data.len() as u64) {
+            return Err(self.discard_bad_upload(key, &m, e).await);
+        }
         Ok(m)
+    }
+
+    /// An upload landed but does not hold what was sent (a server that finalised a
+    /// partial upload, or bytes damaged on the way): delete that generation, and only it,
+    /// so no half or wrong object stays visible, then report the mismatch.
+    async fn discard_bad_upload(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        err: StorageError,
+    ) -> StorageError {
+        let url = format!(
+            "{}?ifGenerationMatch={}",
+            self.object_url(key),
+            meta.generation
+        );
+        let outcome = match self.request(Method::DELETE, &url).await {
+            Ok(rb) => match self.send(&Method::DELETE, &url, rb).await {
+                Ok(resp) if resp.status().is_success() => "removed".to_string(),
+                Ok(resp) => format!("could not be removed (HTTP {})", resp.status().as_u16()),
+                Err(e) => format!("could not be removed ({e})"),
+            },
+            Err(e) => format!("could not be removed ({e})"),
+        };
+        tracing::warn!(
+            "upload of {key} did not verify; generation {} {outcome}",
+            meta.generation
+        );
+        err
     }
 
     /// Open a resumable session; returns the session URI.
@@ -624,7 +655,9 @@ impl GcsStorage {
             };
             match reply {
                 Ok(meta) => {
-                    Self::check_written(key, &meta, chunk_crc, total)?;
+                    if let Err(e) = Self::check_written(key, &meta, chunk_crc, total) {
+                        return Err(self.discard_bad_upload(key, &meta, e).await);
+                    }
                     return Ok(meta);
                 }
                 Err(next) => {
