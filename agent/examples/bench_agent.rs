@@ -218,14 +218,14 @@ fn main() {
     let mut peak_rss_kib = 0u64;
     let mut cpu_at_job_start: Option<(f64, u64)> = None;
     let mut cpu_at_job_end: Option<(f64, u64)> = None;
-    let mut last_ticks = 0;
+    let mut last: Option<(f64, u64)> = None;
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
         if let Some((rss, ticks)) = proc_sample(pid) {
             peak_rss_kib = peak_rss_kib.max(rss);
-            last_ticks = ticks;
+            last = Some((now_secs(), ticks));
             if cpu_at_job_start.is_none() && mark_time(&mark, "start").is_some() {
                 cpu_at_job_start = Some((now_secs(), ticks));
             }
@@ -237,7 +237,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let exited_at = now_secs();
-    let _ = last_ticks;
+    // The agent may exit within one sampling period of the job: then its last sample
+    // closes the window.
+    if cpu_at_job_end.is_none() {
+        cpu_at_job_end = last;
+    }
 
     let st = rt
         .block_on(cloudrun::Storage::get_bytes(
