@@ -4,3 +4,5 @@
 #![allow(dead_code)]
 
 pub mod compute_fake;
+pub mod auth;
+pub mod bin;
