@@ -55,7 +55,11 @@ async fn a_key_files_token_uri_gets_a_jwt_bearer_grant_and_its_token_reaches_com
     assert_eq!(ran.stdout, "nothing to sweep\n");
 
     let grants = tokens.grants.lock().unwrap().clone();
-    assert_eq!(grants.len(), 1, "one grant, then the cached token: {grants:?}");
+    assert_eq!(
+        grants.len(),
+        1,
+        "one grant, then the cached token: {grants:?}"
+    );
     assert_eq!(
         grants[0]["grant_type"],
         "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -78,7 +82,10 @@ async fn a_key_files_token_uri_gets_a_jwt_bearer_grant_and_its_token_reaches_com
         gcloud_calls(&log).is_empty(),
         "the key file wins over gcloud, even with GCP_ACCOUNT set"
     );
-    assert!(!ran.stderr.contains("sa-token-1"), "tokens are never logged");
+    assert!(
+        !ran.stderr.contains("sa-token-1"),
+        "tokens are never logged"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +111,10 @@ async fn a_key_file_the_token_server_rejects_is_the_answer_not_a_fallthrough_to_
     );
     assert!(!tokens.grants.lock().unwrap().is_empty());
     assert!(gcloud_calls(&log).is_empty());
-    assert!(auth_headers(&fake).is_empty(), "no Compute call without a token");
+    assert!(
+        auth_headers(&fake).is_empty(),
+        "no Compute call without a token"
+    );
 }
 
 #[tokio::test]
@@ -116,7 +126,9 @@ async fn gcloud_is_asked_for_the_gcp_account_first_and_its_token_reaches_compute
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(
         gcloud_calls(&log),
-        [format!("auth print-access-token --quiet --account={ACCOUNT}")]
+        [format!(
+            "auth print-access-token --quiet --account={ACCOUNT}"
+        )]
     );
     let auth = auth_headers(&fake);
     assert!(!auth.is_empty());
@@ -197,7 +209,8 @@ async fn with_no_credentials_the_error_lists_every_source_and_the_one_fix() {
         assert!(err.contains(tried), "{tried:?} missing from: {err}");
     }
     assert!(
-        err.trim_end().ends_with(&format!("Fix: gcloud auth login {ACCOUNT}")),
+        err.trim_end()
+            .ends_with(&format!("Fix: gcloud auth login {ACCOUNT}")),
         "{err}"
     );
     assert_eq!(err.matches("Fix:").count(), 1, "one fix: {err}");

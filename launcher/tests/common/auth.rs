@@ -39,7 +39,9 @@ pub async fn token_server(token: Option<&str>) -> TokenServer {
             ),
             None => (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."})),
+                Json(
+                    json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
+                ),
             ),
         }
     }
@@ -61,7 +63,14 @@ pub async fn token_server(token: Option<&str>) -> TokenServer {
 pub fn service_account_key(dir: &Path, token_uri: &str) -> PathBuf {
     let pem = dir.join("key.pem");
     let out = std::process::Command::new("/usr/bin/openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pem)
         .output()
         .expect("run openssl");
@@ -103,10 +112,7 @@ pub fn fake_gcloud(bin_dir: &Path, argv_log: &Path, token: Option<&str>) {
         Some(t) => format!("echo {t}\n"),
         None => "echo 'ERROR: (gcloud.auth.print-access-token) You do not currently have an active account selected.' >&2\nexit 1\n".to_string(),
     };
-    let script = format!(
-        "#!/bin/sh\necho \"$*\" >> '{}'\n{tail}",
-        argv_log.display()
-    );
+    let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\n{tail}", argv_log.display());
     let path = bin_dir.join("gcloud");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -63,7 +63,9 @@ impl Sandbox {
         }
         let out = tokio::time::timeout(Duration::from_secs(LAUNCHER_TIMEOUT_SECS), cmd.output())
             .await
-            .unwrap_or_else(|_| panic!("cloudrun-launch {args:?} ran over {LAUNCHER_TIMEOUT_SECS} s"))
+            .unwrap_or_else(|_| {
+                panic!("cloudrun-launch {args:?} ran over {LAUNCHER_TIMEOUT_SECS} s")
+            })
             .unwrap();
         Ran {
             code: out.status.code().unwrap_or(-1),

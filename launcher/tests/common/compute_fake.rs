@@ -63,10 +63,10 @@ impl Fake {
     ) {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let v = json!({"name": name, "labels": labels});
-        self.instances
-            .lock()
-            .unwrap()
-            .insert((zone.into(), name.into()), resource(v, zone, status, created));
+        self.instances.lock().unwrap().insert(
+            (zone.into(), name.into()),
+            resource(v, zone, status, created),
+        );
     }
 
     pub fn delete_count(&self) -> usize {
@@ -202,10 +202,7 @@ fn matches_filter(inst: &Value, filter: &str) -> bool {
     }
 }
 
-async fn aggregated(
-    State(s): State<S>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Json<Value> {
+async fn aggregated(State(s): State<S>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
     let filter = q.get("filter").cloned().unwrap_or_default();
     s.list_filters.lock().unwrap().push(filter.clone());
     let mut items: BTreeMap<String, Value> = s
@@ -279,7 +276,10 @@ pub async fn start(zones: &[(&str, Zone)]) -> (S, String) {
             "/compute/v1/projects/{p}/zones/{z}/operations/{o}/wait",
             post(wait),
         )
-        .route("/compute/v1/projects/{p}/aggregated/instances", get(aggregated))
+        .route(
+            "/compute/v1/projects/{p}/aggregated/instances",
+            get(aggregated),
+        )
         .route(
             "/compute/v1/projects/{p}/global/images/family/{f}",
             get(family),

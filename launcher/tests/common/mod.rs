@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod compute_fake;
 pub mod auth;
 pub mod bin;
+pub mod compute_fake;
+pub mod inproc;
