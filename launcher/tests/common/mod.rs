@@ -7,3 +7,4 @@ pub mod auth;
 pub mod bin;
 pub mod compute_fake;
 pub mod inproc;
+pub mod runs;
