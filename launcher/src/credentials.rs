@@ -55,14 +55,21 @@ impl GcloudTokens {
         let out = tokio::time::timeout(Duration::from_secs(GCLOUD_TIMEOUT_SECS), cmd.output())
             .await
             .map_err(|_| format!("gcloud did not answer within {GCLOUD_TIMEOUT_SECS} s"))?
-            .map_err(|e| format!("cannot run gcloud: {e}"))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => "gcloud is not on PATH".to_string(),
+                _ => format!("cannot run gcloud: {e}"),
+            })?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let first = err
                 .lines()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("no message");
-            return Err(format!("gcloud exited {}: {}", out.status, first.trim()));
+            let how = match out.status.code() {
+                Some(c) => format!("with status {c}"),
+                None => format!("({})", out.status),
+            };
+            return Err(format!("gcloud exited {how}: {}", first.trim()));
         }
         let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if tok.is_empty() {
@@ -109,12 +116,17 @@ async fn check(p: Arc<dyn TokenProvider>) -> Result<Arc<dyn TokenProvider>, Stri
         .map_err(|e| chain(&e))
 }
 
+/// An error and its sources on one line, skipping a source whose text the line already
+/// holds (gcp_auth's errors print their source in their own message).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
         src = inner.source();
     }
     s

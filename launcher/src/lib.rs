@@ -31,6 +31,7 @@ use cloudrun::compute::Compute;
 use cloudrun::compute_rest::{endpoint_from, RestCompute};
 use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
 use cloudrun::prices::PriceTable;
+use cloudrun::storage::gcs::{self, GcsStorage};
 use cloudrun::{Layout, StoreUrl};
 
 use crate::cli::{Cli, Command};
@@ -141,14 +142,22 @@ impl Context<'_> {
         settings: &Settings,
         url: &StoreUrl,
     ) -> Result<Arc<dyn cloudrun::Storage>, Error> {
-        let needs_tokens = matches!(url, StoreUrl::Gcs { .. })
-            && (self.env)(ENV_STORAGE_EMULATOR_HOST).is_none_or(|h| h.trim().is_empty());
-        let tokens = if needs_tokens {
-            Some(self.tokens(settings).await?)
-        } else {
-            None
-        };
-        Ok(cloudrun::storage::open(url, tokens)?)
+        // The emulator host comes from this invocation's environment, like everything
+        // else here (`storage::open` would read the process's own).
+        let emulator = (self.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty());
+        match (url, emulator) {
+            (StoreUrl::Gcs { bucket, .. }, Some(host)) => Ok(Arc::new(GcsStorage::new(
+                bucket,
+                gcs::Endpoint::emulator(&host),
+                None,
+            )?)),
+            (StoreUrl::Gcs { bucket, .. }, None) => Ok(Arc::new(GcsStorage::new(
+                bucket,
+                gcs::Endpoint::google(),
+                Some(self.tokens(settings).await?),
+            )?)),
+            (StoreUrl::Local { .. }, _) => Ok(cloudrun::storage::open(url, None)?),
+        }
     }
 
     /// Compute and the project for read-only checks, or `None` (with a log line) when

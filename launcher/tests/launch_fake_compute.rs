@@ -1,20 +1,17 @@
-//! The launch against a small in-process Compute fake (axum) that reproduces the real
-//! service's quirks: inserts return a PENDING Operation, and capacity or quota failures
-//! arrive late, as DONE with `error.errors`; a `requestId` seen before returns the first
-//! Operation instead of creating a second VM. Storage is a local directory; the code push
-//! is the real sync engine.
+//! The launch against the in-process Compute fake (`common::compute_fake`), which
+//! reproduces the real service's quirks: inserts return a PENDING Operation, and capacity
+//! or quota failures arrive late, as DONE with `error.errors`; a `requestId` seen before
+//! returns the first Operation instead of creating a second VM. Storage is a local
+//! directory; the code push is the real sync engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path as P, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use cloudrun::compute_rest::{RestCompute, StaticToken};
 use cloudrun::prices::PriceTable;
 use cloudrun::retry::RetryPolicy;
@@ -24,176 +21,8 @@ use cloudrun_launch::launch::{launch, Deps, LaunchError};
 use cloudrun_launch::plan::{build, LaunchPlan, PlanInputs};
 use cloudrun_launch::push::SyncPusher;
 use cloudrun_launch::settings::{Settings, Source, Sourced};
-use serde_json::{json, Value};
 
-#[derive(Clone, Copy, Debug)]
-enum Zone {
-    Ok,
-    Exhausted,
-    Quota(&'static str),
-    /// The insert lands, but the reply is lost (503) the first time.
-    LostReply,
-}
-
-#[derive(Default)]
-struct Fake {
-    zones: BTreeMap<String, Zone>,
-    inserts: Mutex<Vec<(String, String)>>,
-    /// requestId → operation name.
-    ops_by_request: Mutex<HashMap<String, String>>,
-    /// operation name → (zone, instance, outcome).
-    ops: Mutex<HashMap<String, (String, String, Zone)>>,
-    instances: Mutex<BTreeMap<(String, String), Value>>,
-    deletes: Mutex<Vec<String>>,
-    lost_once: Mutex<bool>,
-}
-
-type S = Arc<Fake>;
-
-fn op(name: &str, zone: &str, status: &str, error: Option<Value>) -> Value {
-    let mut v = json!({"kind":"compute#operation","id":"42","name":name,"status":status,
-        "operationType":"insert","zone":format!("https://compute.googleapis.com/compute/v1/projects/test-proj/zones/{zone}")});
-    if let Some(e) = error {
-        v["error"] = e;
-        v["httpErrorStatusCode"] = json!(503);
-    }
-    v
-}
-
-async fn insert(
-    State(s): State<S>,
-    P((_p, zone)): P<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let rid = q.get("requestId").cloned().unwrap_or_default();
-    let name = body["name"].as_str().unwrap_or_default().to_string();
-    s.inserts.lock().unwrap().push((zone.clone(), rid.clone()));
-    if let Some(existing) = s.ops_by_request.lock().unwrap().get(&rid).cloned() {
-        return (StatusCode::OK, Json(op(&existing, &zone, "PENDING", None)));
-    }
-    let outcome = s.zones.get(&zone).copied().unwrap_or(Zone::Exhausted);
-    let op_name = format!("operation-{}", s.ops.lock().unwrap().len() + 1);
-    s.ops_by_request
-        .lock()
-        .unwrap()
-        .insert(rid, op_name.clone());
-    s.ops
-        .lock()
-        .unwrap()
-        .insert(op_name.clone(), (zone.clone(), name.clone(), outcome));
-    if matches!(outcome, Zone::Ok | Zone::LostReply | Zone::Exhausted) {
-        // Real Compute creates the instance record first; an exhausted zone leaves it
-        // behind until it is cleaned up.
-        s.instances
-            .lock()
-            .unwrap()
-            .insert((zone.clone(), name.clone()), body);
-    }
-    if matches!(outcome, Zone::LostReply) {
-        let mut lost = s.lost_once.lock().unwrap();
-        if !*lost {
-            *lost = true;
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({"error":{"code":503,"message":"backend error","errors":[{"reason":"backendError"}]}}),
-                ),
-            );
-        }
-    }
-    (StatusCode::OK, Json(op(&op_name, &zone, "PENDING", None)))
-}
-
-async fn wait(State(s): State<S>, P((_p, zone, name)): P<(String, String, String)>) -> Json<Value> {
-    let (_, inst, outcome) = s.ops.lock().unwrap().get(&name).cloned().unwrap();
-    let err = match outcome {
-        Zone::Ok | Zone::LostReply => None,
-        Zone::Exhausted => Some(json!({"errors":[{"code":"ZONE_RESOURCE_POOL_EXHAUSTED",
-            "message":format!("The zone 'projects/test-proj/zones/{zone}' does not have enough resources available to fulfill the request.  Try a different zone, or try again later.")}]})),
-        Zone::Quota(msg) => Some(json!({"errors":[{"code":"QUOTA_EXCEEDED","message":msg}]})),
-    };
-    let _ = inst;
-    Json(op(&name, &zone, "DONE", err))
-}
-
-async fn get_inst(
-    State(s): State<S>,
-    P((_p, zone, name)): P<(String, String, String)>,
-) -> (StatusCode, Json<Value>) {
-    match s.instances.lock().unwrap().get(&(zone, name)) {
-        Some(b) => (StatusCode::OK, Json(b.clone())),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(
-                json!({"error":{"code":404,"message":"not found","errors":[{"reason":"notFound"}]}}),
-            ),
-        ),
-    }
-}
-
-async fn del_inst(
-    State(s): State<S>,
-    P((_p, zone, name)): P<(String, String, String)>,
-) -> (StatusCode, Json<Value>) {
-    s.deletes.lock().unwrap().push(format!("{zone}/{name}"));
-    match s.instances.lock().unwrap().remove(&(zone.clone(), name)) {
-        Some(_) => (
-            StatusCode::OK,
-            Json(op("operation-del", &zone, "PENDING", None)),
-        ),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(
-                json!({"error":{"code":404,"message":"not found","errors":[{"reason":"notFound"}]}}),
-            ),
-        ),
-    }
-}
-
-async fn family(P((p, f)): P<(String, String)>) -> (StatusCode, Json<Value>) {
-    if f == "retired-family" {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(
-                json!({"error":{"code":404,"message":format!("The resource 'projects/{p}/global/images/family/{f}' was not found"),"errors":[{"reason":"notFound"}]}}),
-            ),
-        );
-    }
-    (
-        StatusCode::OK,
-        Json(
-            json!({"name":"common-cu128-v20261101","family":f,"diskSizeGb":"50","status":"READY",
-        "selfLink":format!("https://compute.googleapis.com/compute/v1/projects/{p}/global/images/common-cu128-v20261101")}),
-        ),
-    )
-}
-
-async fn start(zones: &[(&str, Zone)]) -> (S, String) {
-    let fake = Arc::new(Fake {
-        zones: zones.iter().map(|(z, b)| (z.to_string(), *b)).collect(),
-        ..Fake::default()
-    });
-    let app = Router::new()
-        .route("/compute/v1/projects/{p}/zones/{z}/instances", post(insert))
-        .route(
-            "/compute/v1/projects/{p}/zones/{z}/instances/{n}",
-            get(get_inst).delete(del_inst),
-        )
-        .route(
-            "/compute/v1/projects/{p}/zones/{z}/operations/{o}/wait",
-            post(wait),
-        )
-        .route(
-            "/compute/v1/projects/{p}/global/images/family/{f}",
-            get(family),
-        )
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (fake, format!("http://{addr}/compute/v1/"))
-}
+use common::compute_fake::{start, Zone, S};
 
 fn s<T>(v: T) -> Option<Sourced<T>> {
     Some(Sourced {

@@ -1,0 +1,277 @@
+//! `status`, `logs`, `pull`, `stop` and `report` through the real dispatcher against runs
+//! in every phase, written into a store. Each scenario takes a [`Backend`], so the same
+//! assertions run against a local directory (`runs_local.rs`) and fake-gcs-server
+//! (`runs_fake_gcs.rs`). No project is set, so no Compute calls are made.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cloudrun::status::{EndInfo, EndReason, GpuReading, GpuSample, Phase, RunStatus, StopRequest};
+use cloudrun::{Layout, PutOptions, RunId, Storage};
+use cloudrun_launch::runs::{self, Store};
+
+use super::inproc::Invoker;
+
+pub const PHASES: [(&str, Phase); 6] = [
+    ("20261126-070000-0001", Phase::Launching),
+    ("20261126-070000-0002", Phase::Pulling),
+    ("20261126-070000-0003", Phase::Setup),
+    ("20261126-070000-0004", Phase::Running),
+    ("20261126-070000-0005", Phase::Stopping),
+    ("20261126-070000-0006", Phase::Ended),
+];
+
+/// A store the scenarios write into directly and the launcher reads through `GCS_DIR`.
+pub struct Backend {
+    pub storage: Arc<dyn Storage>,
+    pub layout: Layout,
+    /// `GCS_DIR` for the launcher.
+    pub gcs_dir: String,
+    /// More environment for the launcher (`STORAGE_EMULATOR_HOST`).
+    pub env: Vec<(String, String)>,
+    /// What must live as long as the store (an emulator, a temporary directory).
+    pub _keep: Box<dyn std::any::Any>,
+}
+
+impl Backend {
+    pub fn invoker(&self, cwd: &Path) -> Invoker {
+        let mut inv = Invoker::new(&self.gcs_dir, cwd);
+        for (k, v) in &self.env {
+            inv = inv.set(k, v.clone());
+        }
+        inv
+    }
+
+    fn store(&self) -> Store {
+        Store {
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+        }
+    }
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+pub async fn put(st: &dyn Storage, key: &str, data: impl Into<Vec<u8>>) {
+    st.put_bytes(key, Bytes::from(data.into()), &PutOptions::default())
+        .await
+        .unwrap();
+}
+
+/// One run per phase; each has logs, metrics and an output file.
+pub async fn seed(b: &Backend) {
+    let st = b.storage.as_ref();
+    let l = &b.layout;
+    for (id, phase) in PHASES {
+        let id = RunId::parse(id).unwrap();
+        let mut s = RunStatus::launching(id.clone(), t("2026-11-26T07:00:00Z"), 3.6);
+        s.phase = phase;
+        s.updated_at = Utc::now();
+        if phase != Phase::Launching {
+            s.agent_started_at = Some(t("2026-11-26T07:01:00Z"));
+        }
+        if phase == Phase::Ended {
+            s.ended_at = Some(t("2026-11-26T07:11:00Z"));
+            s.end = Some(EndInfo {
+                reason: EndReason::GpuIdle,
+                exit_code: None,
+                signal: Some(15),
+                message: "idle 10 min".into(),
+            });
+            s.cost_usd = 0.6;
+        }
+        put(st, &l.status(&id), s.to_json()).await;
+        put(st, &l.log_chunk(&id, 1), "epoch 1\n").await;
+        put(st, &l.log_chunk(&id, 2), "epoch 2\n").await;
+        put(st, &l.log_chunk(&id, 10), "done\n").await;
+        let samples: Vec<String> = (0..5)
+            .map(|i| {
+                serde_json::to_string(&GpuSample {
+                    at: t("2026-11-26T07:02:00Z") + chrono::Duration::seconds(60 * i),
+                    gpus: vec![GpuReading {
+                        index: 0,
+                        util_gpu_pct: Some(20.0 * i as f64),
+                        ..GpuReading::default()
+                    }],
+                    error: None,
+                })
+                .unwrap()
+            })
+            .collect();
+        put(st, &l.metrics_chunk(&id, 0), samples.join("\n") + "\n").await;
+        put(
+            st,
+            &format!("{}checkpoint/epoch2.pt", l.outputs_prefix(&id)),
+            "weights",
+        )
+        .await;
+    }
+}
+
+pub async fn status_shows_every_phase_and_one_run_in_detail(b: &Backend, cwd: &Path) {
+    seed(b).await;
+    let inv = b.invoker(cwd);
+    let (code, out) = inv.cmd(&["status"]).await;
+    assert_eq!(code, 0);
+    for (id, _) in PHASES {
+        assert!(out.contains(id), "{out}");
+    }
+    for phase in [
+        "launching",
+        "pulling",
+        "setup",
+        "running",
+        "stopping",
+        "ended",
+    ] {
+        assert!(out.contains(phase), "{phase}: {out}");
+    }
+    assert!(out.contains("GPU idle") && out.contains("$0.60"), "{out}");
+
+    let (_, json) = inv.cmd(&["status", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 6);
+    assert_eq!(rows[5]["end_reason"], "gpu_idle");
+
+    let (_, one) = inv.cmd(&["status", "latest"]).await;
+    assert!(
+        one.contains("20261126-070000-0006") && one.contains("end      GPU idle: idle 10 min"),
+        "{one}"
+    );
+    assert!(one.contains("gpu util ▁▂▄▅▇"), "{one}");
+}
+
+pub async fn logs_print_the_chunks_in_order(b: &Backend, cwd: &Path) {
+    seed(b).await;
+    let inv = b.invoker(cwd);
+    for (id, _) in PHASES {
+        let (code, out) = inv.cmd(&["logs", id]).await;
+        assert_eq!((code, out.as_str()), (0, "epoch 1\nepoch 2\ndone\n"));
+    }
+    let (code, out) = inv.cmd(&["logs", "-f", "20261126-070000-0006"]).await;
+    assert_eq!(code, EndReason::GpuIdle.exit_code());
+    assert_eq!(out, "epoch 1\nepoch 2\ndone\n");
+}
+
+pub async fn logs_follow_picks_up_new_chunks_until_the_run_ends(b: &Backend) {
+    seed(b).await;
+    let store = b.store();
+    let id = RunId::parse("20261126-070000-0004").unwrap();
+    let writer = {
+        let st = b.storage.clone();
+        let l = b.layout.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            put(st.as_ref(), &l.log_chunk(&id, 11), "late line\n").await;
+            let mut s = RunStatus::launching(id.clone(), Utc::now(), 1.0);
+            s.phase = Phase::Ended;
+            s.end = Some(EndInfo {
+                reason: EndReason::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                message: String::new(),
+            });
+            put(st.as_ref(), &l.log_chunk(&id, 12), "last line\n").await;
+            put(st.as_ref(), &l.status(&id), s.to_json()).await;
+        })
+    };
+    let mut out = Vec::new();
+    let end = runs::logs(&store, &id, true, Duration::from_millis(20), &mut out)
+        .await
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "epoch 1\nepoch 2\ndone\nlate line\nlast line\n"
+    );
+    assert_eq!(end.unwrap().end.unwrap().reason, EndReason::Succeeded);
+}
+
+/// `proj` is the project folder (the launcher's cwd); `elsewhere` must not exist yet.
+pub async fn pull_brings_outputs_into_the_project_and_only_changed_files_again(
+    b: &Backend,
+    proj: &Path,
+    elsewhere: &Path,
+) {
+    seed(b).await;
+    std::fs::create_dir_all(proj).unwrap();
+    let inv = b.invoker(proj);
+    let (code, out) = inv.cmd(&["pull", "20261126-070000-0006"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(proj.join("checkpoint/epoch2.pt")).unwrap(),
+        "weights"
+    );
+    assert!(out.contains("pulled 1 file(s)"), "{out}");
+    let (_, again) = inv.cmd(&["pull", "20261126-070000-0006"]).await;
+    assert!(
+        again.contains("pulled 0 file(s), 0 bytes; 1 unchanged"),
+        "{again}"
+    );
+    inv.cmd(&["pull", "latest", "--into", elsewhere.to_str().unwrap()])
+        .await;
+    assert!(elsewhere.join("checkpoint/epoch2.pt").is_file());
+}
+
+pub async fn stop_writes_the_request_the_agent_polls_for(b: &Backend, cwd: &Path) {
+    seed(b).await;
+    let inv = b.invoker(cwd);
+    let (code, out) = inv.cmd(&["stop", "20261126-070000-0004"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("asked run 20261126-070000-0004 to stop"),
+        "{out}"
+    );
+    let id = RunId::parse("20261126-070000-0004").unwrap();
+    let req: StopRequest = serde_json::from_slice(
+        &b.storage
+            .get_bytes(&b.layout.stop_request(&id))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(req.message.as_deref(), Some("stop"));
+
+    let (_, out) = inv.cmd(&["stop", "20261126-070000-0006"]).await;
+    assert!(out.contains("already ended"), "{out}");
+    let ended = RunId::parse("20261126-070000-0006").unwrap();
+    assert!(b
+        .storage
+        .head(&b.layout.stop_request(&ended))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn report_writes_an_svg(b: &Backend, dir: &Path) {
+    seed(b).await;
+    let svg = dir.join("r.svg");
+    let (_, out) = b
+        .invoker(dir)
+        .cmd(&["report", "latest", "--out", svg.to_str().unwrap()])
+        .await;
+    assert!(out.contains("r.svg"));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.contains("cumulative cost"),
+        "{text}"
+    );
+}
+
+pub async fn an_unknown_run_says_how_to_list_runs(b: &Backend, cwd: &Path) {
+    seed(b).await;
+    let inv = b.invoker(cwd);
+    let err = inv
+        .try_cmd(&["logs", "20991231-000000-ffff"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cloudrun-launch status"), "{err}");
+    let err = inv.try_cmd(&["status", "nope"]).await.unwrap_err();
+    assert!(err.to_string().contains("is not a run id"), "{err}");
+}

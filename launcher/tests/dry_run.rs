@@ -1,0 +1,87 @@
+//! `--dry-run` through the real binary: stdout is exactly the `instances.insert` body and
+//! nothing else, the human line goes to stderr, and nothing touches the network — every
+//! endpoint points at a closed loopback port and there are no credentials at all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use cloudrun_testkit::free_port;
+use common::bin::Sandbox;
+
+#[tokio::test]
+async fn dry_run_prints_exactly_the_insert_body_and_sends_nothing() {
+    let sb = Sandbox::new();
+    let project = sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("main.py"), "print('train')\n").unwrap();
+    std::fs::write(sb.path().join("cloudrun-agent"), b"\x7fELF agent").unwrap();
+    // Nothing listens here: any request would fail the run.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("GCLOUD_PROJECT", "test-proj".to_string()),
+        ("GCS_DIR", "gs://cloudrun-test/runs".to_string()),
+        ("STORAGE_EMULATOR_HOST", format!("http://{closed}")),
+        (
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE",
+            format!("http://{closed}/compute/v1/"),
+        ),
+        (
+            "CLOUDRUN_AGENT_BINARY",
+            sb.path().join("cloudrun-agent").display().to_string(),
+        ),
+        ("VM_INSTANCE", "trainer".to_string()),
+        ("VM_USER", "alice".to_string()),
+    ];
+    let ran = sb
+        .run(
+            &project,
+            &env,
+            &[
+                "--gpu",
+                "l4",
+                "--zone",
+                "us-central1-a,us-central1-b",
+                "--dry-run",
+                "main.py",
+                "--epochs",
+                "50",
+            ],
+        )
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+
+    // The whole of stdout is one JSON document, printed pretty, with one newline.
+    let body: serde_json::Value = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not just the JSON body ({e}):\n{}", ran.stdout));
+    assert_eq!(
+        ran.stdout,
+        format!("{}\n", serde_json::to_string_pretty(&body).unwrap())
+    );
+    let name = body["name"].as_str().unwrap();
+    assert!(name.starts_with("trainer-"), "{name}");
+    assert_eq!(
+        body["labels"]["cloudrun-run"],
+        name.trim_start_matches("trainer-")
+    );
+    assert!(body["machineType"]
+        .as_str()
+        .unwrap()
+        .starts_with("zones/us-central1-a/machineTypes/g2-standard-"));
+    // No images.getFromFamily call: the body names the family itself.
+    assert!(
+        body["disks"][0]["initializeParams"]["sourceImage"]
+            .as_str()
+            .unwrap()
+            .contains("/global/images/family/"),
+        "{body}"
+    );
+
+    assert!(
+        ran.stderr.contains(&format!(
+            "dry run: would create {name} in us-central1-a (then us-central1-b)"
+        )) && ran.stderr.contains("nothing was sent"),
+        "{}",
+        ran.stderr
+    );
+}

@@ -1,0 +1,307 @@
+//! `ls`, `sweep` and `status` with the Compute API: the real dispatcher against the
+//! Compute fake (`common::compute_fake`) and runs written into a local-directory store.
+//! The fixture has a finished run whose VM is still up, a running run whose heartbeat
+//! went stale, a healthy running run, a finished run whose VM is gone, a freshly created
+//! cloudrun VM with no run in this store yet, and a VM that is not cloudrun's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use cloudrun::status::{EndInfo, EndReason, InstanceRef, Phase, RunStatus};
+use cloudrun::storage::local::LocalStorage;
+use cloudrun::{Layout, PutOptions, RunId, Storage};
+use common::compute_fake::{start, Zone, S};
+use common::inproc::{Invoker, TEST_TOKEN};
+
+const ENDED_UP: &str = "20261126-070000-0001";
+const STALE: &str = "20261126-070000-0002";
+const HEALTHY: &str = "20261126-070000-0003";
+const ENDED_GONE: &str = "20261126-070000-0004";
+/// A VM that was just created; its launcher has not written the run yet.
+const NEWBORN: &str = "20261126-070000-0005";
+
+struct World {
+    fake: S,
+    inv: Invoker,
+    _dir: tempfile::TempDir,
+}
+
+async fn put_status(st: &LocalStorage, s: &RunStatus) {
+    st.put_bytes(
+        &Layout::new("").status(&s.run_id),
+        Bytes::from(s.to_json()),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+}
+
+fn status(id: &str, phase: Phase, updated_ago: Duration, vm: Option<(&str, &str)>) -> RunStatus {
+    let now = Utc::now();
+    let mut s = RunStatus::launching(RunId::parse(id).unwrap(), now - Duration::hours(3), 0.71);
+    s.phase = phase;
+    s.updated_at = now - updated_ago;
+    s.agent_started_at = Some(now - Duration::hours(3));
+    s.instance = vm.map(|(zone, name)| InstanceRef {
+        project: "test-proj".into(),
+        zone: zone.into(),
+        name: name.into(),
+    });
+    if phase == Phase::Ended {
+        s.ended_at = Some(now - Duration::hours(1));
+        s.end = Some(EndInfo {
+            reason: EndReason::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            message: String::new(),
+        });
+    }
+    s
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Arc::new(LocalStorage::new(dir.path()));
+    let fresh = Duration::seconds(30);
+    put_status(
+        &st,
+        &status(
+            ENDED_UP,
+            Phase::Ended,
+            Duration::hours(1),
+            Some(("us-central1-a", "cr-ended")),
+        ),
+    )
+    .await;
+    put_status(
+        &st,
+        &status(
+            STALE,
+            Phase::Running,
+            Duration::hours(2),
+            Some(("us-central1-b", "cr-stale")),
+        ),
+    )
+    .await;
+    put_status(
+        &st,
+        &status(
+            HEALTHY,
+            Phase::Running,
+            fresh,
+            Some(("us-central1-a", "cr-healthy")),
+        ),
+    )
+    .await;
+    put_status(
+        &st,
+        &status(
+            ENDED_GONE,
+            Phase::Ended,
+            Duration::hours(1),
+            Some(("us-central1-a", "cr-gone")),
+        ),
+    )
+    .await;
+
+    let (fake, base) = start(&[("us-central1-a", Zone::Ok), ("us-central1-b", Zone::Ok)]).await;
+    let hours_ago = (Utc::now() - Duration::hours(3)).to_rfc3339();
+    let just_now = (Utc::now() - fresh).to_rfc3339();
+    let managed = |run: &'static str| [("cloudrun-managed", "true"), ("cloudrun-run", run)];
+    fake.add_instance(
+        "us-central1-a",
+        "cr-ended",
+        "RUNNING",
+        &managed(ENDED_UP),
+        &hours_ago,
+    );
+    fake.add_instance(
+        "us-central1-b",
+        "cr-stale",
+        "RUNNING",
+        &managed(STALE),
+        &hours_ago,
+    );
+    fake.add_instance(
+        "us-central1-a",
+        "cr-healthy",
+        "RUNNING",
+        &managed(HEALTHY),
+        &hours_ago,
+    );
+    fake.add_instance(
+        "us-central1-b",
+        "cr-newborn",
+        "STAGING",
+        &managed(NEWBORN),
+        &just_now,
+    );
+    fake.add_instance("us-central1-a", "someone-elses", "RUNNING", &[], &hours_ago);
+
+    let inv = Invoker::new(&format!("file://{}", dir.path().display()), dir.path())
+        .set("GCLOUD_PROJECT", "test-proj")
+        .set("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", base)
+        .with_token();
+    World {
+        fake,
+        inv,
+        _dir: dir,
+    }
+}
+
+fn line_of<'a>(out: &'a str, needle: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{out}"))
+}
+
+#[tokio::test]
+async fn ls_shows_runs_and_live_cloudrun_vms_side_by_side() {
+    let w = world().await;
+    let (code, out) = w.inv.cmd(&["ls"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        line_of(&out, ENDED_UP).ends_with("cr-ended RUNNING (us-central1-a)"),
+        "{out}"
+    );
+    let stale = line_of(&out, STALE);
+    assert!(
+        stale.contains("running?") && stale.ends_with("cr-stale RUNNING (us-central1-b)"),
+        "{out}"
+    );
+    assert!(
+        line_of(&out, HEALTHY).ends_with("cr-healthy RUNNING (us-central1-a)"),
+        "{out}"
+    );
+    assert!(line_of(&out, ENDED_GONE).ends_with("  -"), "{out}");
+    assert!(
+        line_of(&out, NEWBORN)
+            .ends_with("cr-newborn STAGING (us-central1-b) [no run in this GCS_DIR]"),
+        "{out}"
+    );
+    assert!(!out.contains("someone-elses"), "{out}");
+    assert_eq!(
+        *w.fake.list_filters.lock().unwrap(),
+        ["labels.cloudrun-managed = true"]
+    );
+    assert!(w
+        .fake
+        .auth_headers
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|a| *a == format!("Bearer {TEST_TOKEN}")));
+    assert_eq!(w.fake.delete_count(), 0);
+}
+
+#[tokio::test]
+async fn sweep_without_yes_lists_ended_and_silent_runs_vms_and_deletes_nothing() {
+    let w = world().await;
+    let (code, out) = w.inv.cmd(&["sweep"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        format!(
+            "cr-ended in us-central1-a: run ended (job succeeded) (run {ENDED_UP})\n\
+             cr-stale in us-central1-b: no heartbeat (run {STALE})\n\
+             2 VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them\n"
+        )
+    );
+    assert_eq!(w.fake.delete_count(), 0);
+}
+
+#[tokio::test]
+async fn sweep_yes_deletes_exactly_the_stale_vms_once_each_and_never_a_healthy_run() {
+    let w = world().await;
+    let (code, out) = w.inv.cmd(&["sweep", "--yes"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("deleting cr-ended in us-central1-a (run ended (job succeeded))")
+            && out.contains("deleting cr-stale in us-central1-b (no heartbeat)"),
+        "{out}"
+    );
+    let mut deletes = w.fake.deletes.lock().unwrap().clone();
+    deletes.sort();
+    assert_eq!(
+        deletes,
+        ["us-central1-a/cr-ended", "us-central1-b/cr-stale"]
+    );
+
+    let (_, again) = w.inv.cmd(&["sweep", "--yes"]).await;
+    assert_eq!(again, "nothing to sweep\n");
+    assert_eq!(w.fake.delete_count(), 2, "no second delete");
+    let left: Vec<String> = w
+        .fake
+        .instances
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(left, ["cr-healthy", "someone-elses", "cr-newborn"]);
+}
+
+#[tokio::test]
+async fn status_flags_a_finished_run_whose_vm_is_still_up() {
+    let w = world().await;
+    let (_, one) = w.inv.cmd(&["status", ENDED_UP]).await;
+    assert!(
+        one.contains("vm       cr-ended in us-central1-a (project test-proj): RUNNING"),
+        "{one}"
+    );
+    assert!(
+        one.contains(&format!("warning  the run ended but its VM is still up: `cloudrun-launch stop {ENDED_UP} --now` or `cloudrun-launch sweep --yes`")),
+        "{one}"
+    );
+
+    let (_, healthy) = w.inv.cmd(&["status", HEALTHY]).await;
+    assert!(
+        healthy.contains(": RUNNING") && !healthy.contains("still up"),
+        "{healthy}"
+    );
+    let (_, gone) = w.inv.cmd(&["status", ENDED_GONE]).await;
+    assert!(
+        gone.contains("(project test-proj): gone") && !gone.contains("still up"),
+        "{gone}"
+    );
+
+    let (_, table) = w.inv.cmd(&["status"]).await;
+    assert!(
+        line_of(&table, ENDED_UP).ends_with("[VM still up: cloudrun-launch sweep]"),
+        "{table}"
+    );
+    assert!(!line_of(&table, ENDED_GONE).contains("still up"), "{table}");
+    assert!(
+        line_of(&table, STALE).contains("[silent: no heartbeat]"),
+        "{table}"
+    );
+
+    let (_, json) = w.inv.cmd(&["status", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let vm_up: Vec<(String, bool)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["run_id"].as_str().unwrap().to_string(),
+                r["vm_up"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        vm_up,
+        [
+            (ENDED_UP.to_string(), true),
+            (STALE.to_string(), true),
+            (HEALTHY.to_string(), true),
+            (ENDED_GONE.to_string(), false),
+        ]
+    );
+    assert_eq!(w.fake.delete_count(), 0, "status never deletes");
+}
