@@ -10,6 +10,7 @@ use crate::settings::Layer;
 const EXAMPLES: &str = "\
 Examples:
   cloudrun-launch main.py --epochs 50              launch `python3 main.py --epochs 50` on the default GPU settings
+  cloudrun-launch --local --follow main.py         rehearse on this machine: same pipeline, no cloud account
   cloudrun-launch --gpu a100:2 --spot --budget 20 train.py
   cloudrun-launch --dry-run --gpu l4 main.py       print the instances.insert body, create nothing
   cloudrun-launch run status                       launch a script named like a subcommand
@@ -25,7 +26,9 @@ Examples:
   cloudrun-launch completions bash > ~/.local/share/bash-completion/completions/cloudrun-launch
 
 Settings come from flags, then GCP_ACCOUNT, GCLOUD_PROJECT, GCS_DIR, VM_INSTANCE, VM_USER,
-then cloudrun.toml in the project folder, then ~/.config/cloudrun/config.toml.";
+then cloudrun.toml in the project folder, then ~/.config/cloudrun/config.toml.
+--local (or provider = \"local\") needs none of the variables: the store is GCS_DIR when it is
+a file:// URL, else ~/.local/share/cloudrun/store; subcommands take --local too.";
 
 /// Launch a training script on a rented Compute Engine GPU that deletes itself when the
 /// work is done, and follow it from anywhere.
@@ -67,6 +70,10 @@ pub struct GlobalArgs {
     /// Project folder (default: the current directory)
     #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Run on this machine: a detached agent, a store in a local directory, no cloud
+    /// account needed (same as provider = "local") [env: CLOUDRUN_PROVIDER=local]
+    #[arg(long, global = true)]
+    pub local: bool,
     /// More log output on stderr (-v, -vv)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -212,6 +219,48 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parse like clap, except that global flags may also come before a subcommand:
+    /// `cloudrun-launch --local status` is `status --local`, not a launch of a script
+    /// named `status`. A launch flag before the word (`--gpu l4 status`) still launches
+    /// the script, and `run status` always does.
+    pub fn try_parse_normalized_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let cli = Cli::try_parse_from(&argv)?;
+        let Some(word) = cli.launch.command.first() else {
+            return Ok(cli);
+        };
+        let only_globals = format!(
+            "{:?}",
+            LaunchArgs {
+                command: cli.launch.command.clone(),
+                ..LaunchArgs::default()
+            }
+        ) == format!("{:?}", cli.launch);
+        let is_sub = <Cli as clap::CommandFactory>::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == word && c.get_name() != "run");
+        if cli.command.is_some() || !only_globals || !is_sub {
+            return Ok(cli);
+        }
+        let Some(pos) = argv.iter().skip(1).position(|a| a == word.as_str()) else {
+            return Ok(cli);
+        };
+        let mut moved = argv.clone();
+        let w = moved.remove(pos + 1);
+        moved.insert(1, w);
+        Cli::try_parse_from(moved)
+    }
+
+    /// [`Cli::try_parse_normalized_from`] on the process's arguments, exiting on errors
+    /// and `--help` as clap does.
+    pub fn parse_normalized() -> Cli {
+        Cli::try_parse_normalized_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
     /// The settings layer the flags make.
     pub fn flag_layer(&self) -> Layer {
         let g = &self.global;
@@ -229,6 +278,7 @@ impl Cli {
             })
             .collect::<std::collections::BTreeMap<_, _>>();
         Layer {
+            provider: g.local.then(|| "local".to_string()),
             account: g.account.clone(),
             project: g.project.clone(),
             gcs_dir: g.gcs_dir.clone(),
@@ -274,6 +324,7 @@ pub fn flag_name(key: &str) -> String {
         "zones" => "--zone".into(),
         "output_dirs" => "--output-dir".into(),
         "spot" => "--spot/--on-demand".into(),
+        "provider" => "--local".into(),
         other => format!("--{}", other.replace('_', "-")),
     }
 }
@@ -339,6 +390,25 @@ mod tests {
             Some(Command::Logs { follow: true, .. })
         ));
         assert_eq!(c.flag_layer().gcs_dir.as_deref(), Some("gs://b"));
+    }
+
+    #[test]
+    fn global_flags_may_come_before_a_subcommand() {
+        let c = Cli::try_parse_normalized_from(["cloudrun-launch", "--local", "status", "latest"])
+            .unwrap();
+        assert!(matches!(c.command, Some(Command::Status { .. })));
+        assert!(c.global.local);
+        let c = Cli::try_parse_normalized_from(["cloudrun-launch", "--local", "logs", "-f", "x"])
+            .unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Logs { follow: true, .. })
+        ));
+        // A launch flag first: the word is the script.
+        let c =
+            Cli::try_parse_normalized_from(["cloudrun-launch", "--gpu", "l4", "status"]).unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.launch.command, ["status"]);
     }
 
     #[test]

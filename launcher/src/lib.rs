@@ -5,8 +5,10 @@
 //! (values and their sources), [`plan`] (validation, no network), [`gpu`] (shorthands and
 //! machine families), [`body`] (the `instances.insert` JSON), [`credentials`],
 //! [`launch`] with [`push`] (the sync engine) and [`failover`], then [`runs`] and
-//! [`report`] for the subcommands. [`run`] dispatches; `main.rs` only parses, sets up
-//! logging and maps the result to an exit code.
+//! [`report`] for the subcommands. [`local`] is the `--local` "VM": the same pipeline into
+//! a directory store, with a detached agent on this machine in place of the GPU VM.
+//! [`run`] dispatches; `main.rs` only parses, sets up logging and maps the result to an
+//! exit code.
 
 pub mod body;
 pub mod cli;
@@ -14,6 +16,7 @@ pub mod credentials;
 pub mod failover;
 pub mod gpu;
 pub mod launch;
+pub mod local;
 pub mod plan;
 pub mod push;
 pub mod report;
@@ -21,10 +24,11 @@ pub mod runs;
 pub mod settings;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use clap::CommandFactory;
 use cloudrun::compute::Compute;
@@ -32,7 +36,7 @@ use cloudrun::compute_rest::{endpoint_from, RestCompute};
 use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
 use cloudrun::prices::PriceTable;
 use cloudrun::storage::gcs::{self, GcsStorage};
-use cloudrun::{Layout, StoreUrl};
+use cloudrun::{Layout, PutOptions, StoreUrl};
 
 use crate::cli::{Cli, Command};
 use crate::settings::{Inputs, Settings};
@@ -65,6 +69,8 @@ pub enum Error {
     Body(#[from] body::MetadataTooBig),
     #[error("pull: {0}")]
     Pull(String),
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -174,12 +180,73 @@ impl Context<'_> {
     }
 }
 
-fn settings_for(cli: &Cli, ctx: &Context<'_>) -> Settings {
-    let project_dir = match &cli.global.dir {
-        Some(d) if d.is_absolute() => d.clone(),
-        Some(d) => ctx.cwd.join(d),
-        None => ctx.cwd.clone(),
+/// Lexically resolve `.` and `..` (the script may not exist yet, so no canonicalize).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The project folder and the script's path inside it.
+///
+/// `-C DIR` names the folder. Otherwise it is the nearest folder from the script's own
+/// folder up to the current directory that holds a `cloudrun.toml`, else the current
+/// directory (so `cloudrun-launch src/train.py` from a project root keeps working), or,
+/// for a script outside the current directory, the script's folder. `plan` refuses `/`
+/// and the home directory as a project folder.
+fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
+    let command = cli.launch_args().command.clone();
+    let launching = matches!(cli.command, None | Some(Command::Run(_)));
+    if let Some(d) = &cli.global.dir {
+        let dir = if d.is_absolute() {
+            d.clone()
+        } else {
+            ctx.cwd.join(d)
+        };
+        return (dir, command);
+    }
+    let cwd = normalize(&ctx.cwd);
+    let Some((script, args)) = command.split_first().filter(|_| launching) else {
+        return (ctx.cwd.clone(), command);
     };
+    let path = normalize(&cwd.join(script));
+    let home = (ctx.env)("HOME").map(PathBuf::from);
+    let mut project = None;
+    for dir in path.ancestors().skip(1) {
+        if dir.join(settings::PROJECT_FILE).is_file() {
+            project = Some(dir.to_path_buf());
+            break;
+        }
+        if dir == cwd || home.as_deref() == Some(dir) {
+            break;
+        }
+    }
+    let project = project.unwrap_or_else(|| {
+        if path.starts_with(&cwd) {
+            cwd.clone()
+        } else {
+            path.parent().map(Path::to_path_buf).unwrap_or(cwd.clone())
+        }
+    });
+    let script = match path.strip_prefix(&project) {
+        Ok(rel) => rel.to_string_lossy().into_owned(),
+        Err(_) => script.clone(),
+    };
+    let mut command = vec![script];
+    command.extend(args.iter().cloned());
+    (project, command)
+}
+
+fn settings_for(cli: &Cli, ctx: &Context<'_>) -> Settings {
+    let (project_dir, _) = locate_project(cli, ctx);
     let env = |k: &str| (ctx.env)(k);
     Settings::resolve(&Inputs {
         flags: cli.flag_layer(),
@@ -236,13 +303,18 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Status { run, json }) => {
             let store = open_store(&settings, ctx).await?;
-            let compute = ctx.optional_compute(&settings).await;
+            let compute = if is_local(&settings) {
+                None
+            } else {
+                ctx.optional_compute(&settings).await
+            };
             let c = compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()));
             match run {
                 None => runs::status_table(&store, c, *json, now, out).await?,
                 Some(r) => {
                     let id = store.resolve(r).await?;
-                    runs::status_one(&store, c, &id, *json, now, out).await?
+                    let local = settings.data_dir.as_deref();
+                    runs::status_one_with(&store, c, local, &id, *json, now, out).await?
                 }
             }
             Ok(0)
@@ -250,14 +322,18 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         Some(Command::Logs { run, follow }) => {
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run).await?;
-            let end = runs::logs(
-                &store,
-                &id,
-                *follow,
-                Duration::from_secs(runs::LOG_POLL_SECS),
-                out,
-            )
-            .await?;
+            let poll = Duration::from_secs(runs::LOG_POLL_SECS);
+            let record = settings
+                .data_dir
+                .as_deref()
+                .and_then(|d| local::record_for(d, &id));
+            let end = match (&record, *follow) {
+                (Some(r), true) => {
+                    let alive = || r.alive();
+                    runs::follow_logs(&store, &id, poll, Some(&alive), out).await?
+                }
+                _ => runs::logs(&store, &id, *follow, poll, out).await?,
+            };
             Ok(end
                 .and_then(|s| s.end)
                 .map(|e| e.reason.exit_code())
@@ -267,30 +343,21 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run).await?;
             let dest = into.clone().unwrap_or_else(|| settings.project_dir.clone());
-            let prefix = store.layout.outputs_prefix(&id);
-            let r = cloudrun::sync::pull_prefix(
-                store.storage.clone(),
-                &prefix,
-                &dest,
-                PULL_CONCURRENCY,
-            )
-            .await
-            .map_err(|e| Error::Pull(error_chain(&e)))?;
-            for f in &r.downloaded {
-                writeln!(out, "{}", dest.join(f).display())?;
-            }
-            writeln!(
-                out,
-                "pulled {} file(s), {} bytes; {} unchanged",
-                r.downloaded.len(),
-                r.bytes,
-                r.unchanged
-            )?;
+            pull_outputs(&store, &id, &dest, out).await?;
             Ok(0)
         }
         Some(Command::Stop { run, now: at_once }) => {
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run).await?;
+            if is_local(&settings) {
+                match (*at_once, settings.data_dir.as_deref()) {
+                    (true, Some(d)) => {
+                        runs::stop_local_now(&store, d, &id, &who(ctx.env), now, out).await?
+                    }
+                    _ => runs::stop(&store, None, &id, false, &who(ctx.env), now, out).await?,
+                }
+                return Ok(0);
+            }
             let compute = if *at_once {
                 Some(ctx.compute(ctx.tokens(&settings).await?)?)
             } else {
@@ -310,6 +377,10 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Ls) => {
             let store = open_store(&settings, ctx).await?;
+            if let (true, Some(d)) = (is_local(&settings), settings.data_dir.as_deref()) {
+                runs::ls_local(&store, d, now, out).await?;
+                return Ok(0);
+            }
             let compute = ctx.optional_compute(&settings).await;
             runs::ls(
                 &store,
@@ -322,6 +393,10 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Sweep { yes }) => {
             let store = open_store(&settings, ctx).await?;
+            if let (true, Some(d)) = (is_local(&settings), settings.data_dir.as_deref()) {
+                runs::sweep_local(&store, d, *yes, now, out).await?;
+                return Ok(0);
+            }
             let project = plan::project(&settings)?;
             let compute = ctx.compute(ctx.tokens(&settings).await?)?;
             runs::sweep(&store, compute.as_ref(), &project, *yes, now, out).await?;
@@ -362,7 +437,63 @@ async fn open_store(settings: &Settings, ctx: &Context<'_>) -> Result<runs::Stor
     })
 }
 
-async fn launch_cmd(
+fn is_local(settings: &Settings) -> bool {
+    plan::provider(settings) == Ok(cloudrun::spec::Provider::Local)
+}
+
+/// Download a run's outputs into `dest` (only changed files) and list them on `out`.
+async fn pull_outputs(
+    store: &runs::Store,
+    id: &cloudrun::RunId,
+    dest: &Path,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Error> {
+    let prefix = store.layout.outputs_prefix(id);
+    let r = cloudrun::sync::pull_prefix(store.storage.clone(), &prefix, dest, PULL_CONCURRENCY)
+        .await
+        .map_err(|e| Error::Pull(error_chain(&e)))?;
+    for f in &r.downloaded {
+        writeln!(out, "{}", dest.join(f).display())?;
+    }
+    writeln!(
+        out,
+        "pulled {} file(s), {} bytes; {} unchanged",
+        r.downloaded.len(),
+        r.bytes,
+        r.unchanged
+    )?;
+    Ok(())
+}
+
+/// `--follow`: stream the logs until the run ends, print the receipt, and return the
+/// run's exit code (and the final status).
+async fn follow_run(
+    store: &runs::Store,
+    id: &cloudrun::RunId,
+    alive: Option<runs::AliveCheck<'_>>,
+    out: &mut (dyn Write + Send),
+) -> Result<(i32, Option<cloudrun::status::RunStatus>), Error> {
+    let end = runs::follow_logs(
+        store,
+        id,
+        Duration::from_secs(runs::LOG_POLL_SECS),
+        alive,
+        out,
+    )
+    .await?;
+    let code = match end.as_ref().and_then(|s| s.end.as_ref()) {
+        Some(e) => e.reason.exit_code(),
+        None => 0,
+    };
+    if let Some(r) = end.as_ref().and_then(|s| s.receipt.as_ref()) {
+        writeln!(out, "receipt: {}", r.summary())?;
+    }
+    Ok((code, end))
+}
+
+/// A `--local` launch: the cloud pipeline (plan, push, spec, status, start the "VM")
+/// with a directory store and a detached agent on this machine.
+async fn launch_local(
     cli: &Cli,
     settings: &Settings,
     ctx: &Context<'_>,
@@ -370,11 +501,127 @@ async fn launch_cmd(
     out: &mut (dyn Write + Send),
 ) -> Result<i32, Error> {
     let args = cli.launch_args();
+    let (_, command) = locate_project(cli, ctx);
+    let prices = PriceTable::builtin();
+    let plan = plan::build_local(
+        settings,
+        &plan::PlanInputs {
+            command: &command,
+            now,
+            prices: &prices,
+            default_agent: ctx.default_agent.clone(),
+            storage_host: None,
+        },
+    )?;
+    if args.dry_run {
+        writeln!(out, "{}", plan.spec.to_json())?;
+        eprintln!(
+            "dry run: would run {:?} from {} with the agent {} and the store {}; nothing was started",
+            plan.spec.job.command,
+            plan.project_dir.display(),
+            plan.agent.display(),
+            plan.store
+        );
+        return Ok(0);
+    }
+    // One live local run per project folder: checked against the agents' records (pid
+    // and start time), so a crashed run never leaves a stale lock behind.
+    if let Some(r) = local::live_run_in(&plan.data_dir, &plan.project_dir) {
+        return Err(Error::Settings(plan::Problems(vec![format!(
+            "run {} of {} is still running locally (agent pid {}); nothing was started. Follow it with `cloudrun-launch --local logs -f {}`, or stop it with `cloudrun-launch --local stop {}`, then launch again",
+            r.run_id,
+            plan.project_dir.display(),
+            r.pid,
+            r.run_id,
+            r.run_id
+        )])));
+    }
+    let storage = cloudrun::storage::open(&plan.store, None)?;
+    let pusher = push::SyncPusher {
+        cache_dir: Some(plan.data_dir.join("cache")),
+        progress: ctx.progress,
+    };
+    let pushed = pusher
+        .push_code(
+            storage.clone(),
+            &plan.project_dir,
+            &plan.layout,
+            &plan.run_id,
+        )
+        .await?;
+    eprintln!(
+        "code: {} files, {} bytes ({} uploaded) from {}",
+        pushed.files,
+        pushed.total_bytes,
+        pushed.bytes_uploaded,
+        plan.project_dir.display()
+    );
+    let json = PutOptions::default().with_content_type("application/json");
+    let spec_key = plan.layout.spec(&plan.run_id);
+    storage
+        .put_bytes(&spec_key, Bytes::from(plan.spec.to_json()), &json)
+        .await?;
+    let status = cloudrun::status::RunStatus::launching(plan.run_id.clone(), now, 0.0);
+    storage
+        .put_bytes(
+            &plan.layout.status(&plan.run_id),
+            Bytes::from(status.to_json()),
+            &json,
+        )
+        .await?;
+    let dirs = local::RunDirs::new(&plan.data_dir, &plan.run_id);
+    std::fs::create_dir_all(&dirs.root)
+        .and_then(|()| std::fs::write(&dirs.spec, plan.spec.to_json()))
+        .map_err(|source| local::LocalError::Write {
+            path: dirs.spec.clone(),
+            source,
+        })?;
+    let record = local::spawn_agent(
+        &plan.agent,
+        &dirs,
+        &plan.run_id,
+        &plan.project_dir,
+        &plan.store.to_string(),
+        now,
+    )?;
+    let id = &plan.run_id;
+    write!(
+        out,
+        "run      {id}\nvm       local agent pid {} (log {})\nstore    {}\nfollow   cloudrun-launch --local logs -f {id}\nstatus   cloudrun-launch --local status {id}\n",
+        record.pid,
+        record.agent_log.display(),
+        plan.store,
+    )?;
+    if !args.follow {
+        return Ok(0);
+    }
+    let store = runs::Store {
+        storage,
+        layout: plan.layout.clone(),
+    };
+    let alive = || record.alive();
+    let (code, _) = follow_run(&store, id, Some(&alive), out).await?;
+    pull_outputs(&store, id, &plan.project_dir, out).await?;
+    Ok(code)
+}
+
+async fn launch_cmd(
+    cli: &Cli,
+    settings: &Settings,
+    ctx: &Context<'_>,
+    now: chrono::DateTime<Utc>,
+    out: &mut (dyn Write + Send),
+) -> Result<i32, Error> {
+    if is_local(settings) {
+        return launch_local(cli, settings, ctx, now, out).await;
+    }
+    let args = cli.launch_args();
+    let (_, command) = locate_project(cli, ctx);
     let prices = prices_for(settings)?;
     let plan = plan::build(
         settings,
         &plan::PlanInputs {
-            command: &args.command,
+            command: &command,
             now,
             prices: &prices,
             default_agent: ctx.default_agent.clone(),
@@ -423,20 +670,6 @@ async fn launch_cmd(
         storage: deps.storage.clone(),
         layout: plan.layout.clone(),
     };
-    let end = runs::logs(
-        &store,
-        &plan.run_id,
-        true,
-        Duration::from_secs(runs::LOG_POLL_SECS),
-        out,
-    )
-    .await?;
-    let code = match end.as_ref().and_then(|s| s.end.as_ref()) {
-        Some(e) => e.reason.exit_code(),
-        None => 0,
-    };
-    if let Some(r) = end.as_ref().and_then(|s| s.receipt.as_ref()) {
-        writeln!(out, "receipt: {}", r.summary())?;
-    }
+    let (code, _) = follow_run(&store, &plan.run_id, None, out).await?;
     Ok(code)
 }

@@ -2,11 +2,10 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use cloudrun_launch::{cli::Cli, error_chain, run, Context};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_normalized();
     let level = match cli.global.verbose {
         0 => "warn,cloudrun=info,cloudrun_launch=info",
         1 => "info",

@@ -17,7 +17,7 @@ use cloudrun::{RunId, StoreUrl};
 use sha2::Digest;
 
 use crate::gpu::{self, Hardware};
-use crate::settings::{how_to_set, Settings, Sourced};
+use crate::settings::{how_to_set, Settings, Source, Sourced, PROJECT_FILE};
 
 /// Image project of Google's Deep Learning VM images.
 pub const DEFAULT_IMAGE_PROJECT: &str = "deeplearning-platform-release";
@@ -263,15 +263,26 @@ pub fn store(settings: &Settings) -> Result<StoreUrl, Problems> {
         .iter()
         .map(|p| p.message.clone())
         .collect();
-    let url = match &settings.gcs_dir {
-        None => {
+    let url = match (provider(settings), &settings.gcs_dir) {
+        (Err(e), _) => {
+            problems.push(e);
+            None
+        }
+        (Ok(Provider::Local), _) => match local_store(settings) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        (Ok(Provider::Gce), None) => {
             problems.push(format!(
                 "GCS_DIR is not set: {}",
                 how_to_set("gcs_dir", "gs://my-bucket/cloudrun")
             ));
             None
         }
-        Some(s) => match StoreUrl::parse(&s.value) {
+        (Ok(Provider::Gce), Some(s)) => match StoreUrl::parse(&s.value) {
             Ok(u) => Some(u),
             Err(e) => {
                 problems.push(format!("{e} (from {})", s.source));
@@ -303,6 +314,271 @@ pub fn project(settings: &Settings) -> Result<String, Problems> {
     }
 }
 
+/// The project folder, refused when it is `/` or the home directory: the push would
+/// upload everything under it.
+fn check_project_dir(settings: &Settings, p: &mut Vec<String>) {
+    let dir = &settings.project_dir;
+    let is_home = settings.home_dir.as_ref().is_some_and(|h| same_dir(h, dir));
+    if dir.parent().is_none() || is_home {
+        p.push(format!(
+            "{} is not a project folder (everything under it would be uploaded): cd into the folder that holds your script, put a {PROJECT_FILE} in it, or pass -C DIR",
+            dir.display()
+        ));
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn max_time(settings: &Settings, p: &mut Vec<String>) -> u64 {
+    match &settings.max_time {
+        None => cloudrun::spec::DEFAULT_MAX_RUN_SECS,
+        Some(s) => match humantime::parse_duration(&s.value) {
+            Ok(d) if d.as_secs() >= MAX_RUN_DURATION_MIN_SECS => d.as_secs(),
+            Ok(_) => {
+                p.push(format!("max_time {:?} (from {}) is under {MAX_RUN_DURATION_MIN_SECS} s, the shortest Compute allows", s.value, s.source));
+                0
+            }
+            Err(e) => {
+                p.push(format!(
+                    "max_time {:?} (from {}) is not a duration ({e}): write e.g. --max-time 90m or max_time = \"12h\"",
+                    s.value, s.source
+                ));
+                0
+            }
+        },
+    }
+}
+
+fn job_env(settings: &Settings, p: &mut Vec<String>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (k, v) in &settings.env {
+        if !validate_env_key(k) || v.value == "\0" {
+            p.push(format!(
+                "environment entry {k:?} (from {}) is not KEY=VALUE with a KEY of letters, digits and '_': write e.g. --env BATCHSIZE=256",
+                v.source
+            ));
+        } else {
+            env.insert(k.clone(), v.value.clone());
+        }
+    }
+    env
+}
+
+fn output_dirs(settings: &Settings) -> Vec<String> {
+    settings
+        .output_dirs
+        .as_ref()
+        .map(|s| s.value.clone())
+        .unwrap_or_else(|| {
+            cloudrun::spec::DEFAULT_OUTPUT_DIRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        })
+}
+
+fn idle_policy(settings: &Settings) -> IdlePolicy {
+    match settings.idle_minutes.as_ref().map(|s| s.value) {
+        Some(0) => IdlePolicy {
+            enabled: false,
+            ..IdlePolicy::default()
+        },
+        Some(m) => IdlePolicy {
+            window_secs: m * 60,
+            ..IdlePolicy::default()
+        },
+        None => IdlePolicy::default(),
+    }
+}
+
+/// The job's argv for the script, checked to be a file inside the project folder.
+fn script_command(settings: &Settings, command: &[String], p: &mut Vec<String>) -> Vec<String> {
+    match command.split_first() {
+        None => {
+            p.push("no script given: write e.g. `cloudrun-launch main.py --epochs 50`".into());
+            Vec::new()
+        }
+        Some((script, args)) => {
+            let path = settings.project_dir.join(script);
+            if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err()
+            {
+                p.push(format!(
+                    "script {script:?} must be a path inside the project folder {}",
+                    settings.project_dir.display()
+                ));
+            } else if !path.is_file() {
+                p.push(format!("script {script:?} not found in the project folder {} (check the name, run from the project folder or pass -C DIR)", settings.project_dir.display()));
+            }
+            job_command(script, args)
+        }
+    }
+}
+
+/// Where runs execute, from the `provider` setting (`gce` when unset).
+pub fn provider(settings: &Settings) -> Result<Provider, String> {
+    match &settings.provider {
+        None => Ok(Provider::Gce),
+        Some(s) => match s.value.trim() {
+            "gce" | "" => Ok(Provider::Gce),
+            "local" => Ok(Provider::Local),
+            other => Err(format!(
+                "provider {other:?} (from {}) is neither \"gce\" nor \"local\": pass --local or set provider = \"local\" in {PROJECT_FILE}",
+                s.source
+            )),
+        },
+    }
+}
+
+/// Subfolder of the data dir that is the default store of local runs.
+pub const LOCAL_STORE_SUBDIR: &str = "store";
+
+/// The store of a local run: `GCS_DIR` when it is a `file://` URL, else
+/// `<data dir>/store`. A `gs://` GCS_DIR given with `--gcs-dir` contradicts `--local` and
+/// is a problem; one from the environment or a settings file (the usual cloud set-up) is
+/// set aside with a note, so `--local` rehearses without touching the bucket.
+pub fn local_store(settings: &Settings) -> Result<StoreUrl, String> {
+    if let Some(s) = &settings.gcs_dir {
+        match StoreUrl::parse(&s.value) {
+            Ok(u @ StoreUrl::Local { .. }) => return Ok(u),
+            Ok(StoreUrl::Gcs { .. }) if matches!(s.source, Source::Flag(_)) => {
+                return Err(format!(
+                    "--gcs-dir {} is a bucket, but a local run keeps its objects in a directory: pass --gcs-dir file:///path (or nothing, for the default store), or drop --local",
+                    s.value
+                ))
+            }
+            Ok(StoreUrl::Gcs { .. }) => tracing::info!(
+                "local run: GCS_DIR {} (from {}) is a bucket; using the local store instead",
+                s.value,
+                s.source
+            ),
+            Err(e) => return Err(format!("{e} (from {})", s.source)),
+        }
+    }
+    match &settings.data_dir {
+        Some(d) => Ok(StoreUrl::Local {
+            root: d.join(LOCAL_STORE_SUBDIR),
+        }),
+        None => Err(format!(
+            "no data directory for the local store (HOME is not set): {}",
+            how_to_set("gcs_dir", "file:///path/to/store")
+        )),
+    }
+}
+
+/// A validated local run: the same spec a VM would get, run by a detached agent here.
+#[derive(Debug, Clone)]
+pub struct LocalPlan {
+    pub run_id: RunId,
+    pub store: StoreUrl,
+    pub layout: Layout,
+    pub spec: RunSpec,
+    /// The `cloudrun-agent` to start.
+    pub agent: PathBuf,
+    pub project_dir: PathBuf,
+    /// Where the run's spec file, work and state folders and agent log go.
+    pub data_dir: PathBuf,
+}
+
+/// Price quoted for a local run: the machine is already paid for.
+pub const LOCAL_PRICE_SOURCE: &str = "local run: no charge";
+
+/// Validate the settings of a `--local` run into a plan. None of the cloud settings
+/// (project, VM name, user, GPU, zones, prices) is needed or read.
+pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LocalPlan, Problems> {
+    let mut p: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|f| f.message.clone())
+        .collect();
+    if let Err(e) = provider(settings) {
+        p.push(e);
+    }
+    check_project_dir(settings, &mut p);
+    let store = match local_store(settings) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.push(e);
+            None
+        }
+    };
+    let agent_max = max_time(settings, &mut p);
+    let env = job_env(settings, &mut p);
+    let output_dirs = output_dirs(settings);
+    let command = script_command(settings, inputs.command, &mut p);
+    if settings.budget.is_some() {
+        tracing::info!("local run: the budget is not enforced (a local run costs nothing)");
+    }
+    let agent = settings
+        .agent_binary
+        .as_ref()
+        .map(|s| s.value.clone())
+        .or_else(|| inputs.default_agent.clone());
+    match &agent {
+        Some(a) if a.is_file() => {}
+        Some(a) => p.push(format!(
+            "no cloudrun-agent at {}: build it with `cargo build -p cloudrun-agent` (it lands beside cloudrun-launch), or {}",
+            a.display(),
+            how_to_set("agent_binary", "/path/to/cloudrun-agent")
+        )),
+        None => p.push(format!(
+            "no cloudrun-agent binary: {}",
+            how_to_set("agent_binary", "/path/to/cloudrun-agent")
+        )),
+    }
+    let data_dir = settings.data_dir.clone();
+    let (Some(store), Some(agent), Some(data_dir), true) = (store, agent, data_dir, p.is_empty())
+    else {
+        return Err(Problems(p));
+    };
+    let run_id = RunId::new(inputs.now);
+    let spec = RunSpec {
+        schema: SPEC_SCHEMA,
+        run_id: run_id.clone(),
+        created_at: inputs.now,
+        store: store.to_string(),
+        job: JobSpec {
+            command,
+            setup: settings.setup.as_ref().map(|s| s.value.clone()),
+            workdir: ".".into(),
+            env,
+            user: None,
+            output_dirs,
+        },
+        policies: Policies {
+            gpu_idle: idle_policy(settings),
+            budget_usd: None,
+            max_run_secs: agent_max,
+            ..Policies::default()
+        },
+        price: PriceQuote {
+            usd_per_hour: 0.0,
+            source: LOCAL_PRICE_SOURCE.into(),
+        },
+        placement: Placement {
+            provider: Provider::Local,
+            ..Placement::default()
+        },
+        webhook: None,
+    };
+    if let Err(e) = spec.validate() {
+        return Err(Problems(vec![e.to_string()]));
+    }
+    Ok(LocalPlan {
+        run_id,
+        layout: Layout::for_store(&store),
+        store,
+        spec,
+        agent,
+        project_dir: settings.project_dir.clone(),
+        data_dir,
+    })
+}
+
 /// Validate everything into a plan.
 pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan, Problems> {
     let mut p: Vec<String> = settings
@@ -310,6 +586,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         .iter()
         .map(|f| f.message.clone())
         .collect();
+    check_project_dir(settings, &mut p);
 
     let project = required(
         &settings.project,
@@ -425,23 +702,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
 
     let spot = settings.spot.as_ref().map(|s| s.value).unwrap_or(false);
 
-    let max_time_secs = match &settings.max_time {
-        None => cloudrun::spec::DEFAULT_MAX_RUN_SECS,
-        Some(s) => match humantime::parse_duration(&s.value) {
-            Ok(d) if d.as_secs() >= MAX_RUN_DURATION_MIN_SECS => d.as_secs(),
-            Ok(_) => {
-                p.push(format!("max_time {:?} (from {}) is under {MAX_RUN_DURATION_MIN_SECS} s, the shortest Compute allows", s.value, s.source));
-                0
-            }
-            Err(e) => {
-                p.push(format!(
-                    "max_time {:?} (from {}) is not a duration ({e}): write e.g. --max-time 90m or max_time = \"12h\"",
-                    s.value, s.source
-                ));
-                0
-            }
-        },
-    };
+    let max_time_secs = max_time(settings, &mut p);
     if max_time_secs + CLOUD_DEADLINE_MARGIN_SECS > MAX_RUN_DURATION_MAX_SECS {
         p.push(format!("max_time is longer than the 120 days Compute allows (with a {CLOUD_DEADLINE_MARGIN_SECS} s margin)"));
     }
@@ -455,49 +716,9 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         p.push(format!("disk_gb {disk_gb} is below {MIN_DISK_GB} GB, smaller than the Deep Learning VM images: {}", how_to_set("disk_gb", "100")));
     }
 
-    let mut env = BTreeMap::new();
-    for (k, v) in &settings.env {
-        if !validate_env_key(k) || v.value == "\0" {
-            p.push(format!(
-                "environment entry {k:?} (from {}) is not KEY=VALUE with a KEY of letters, digits and '_': write e.g. --env BATCHSIZE=256",
-                v.source
-            ));
-        } else {
-            env.insert(k.clone(), v.value.clone());
-        }
-    }
-
-    let output_dirs = settings
-        .output_dirs
-        .as_ref()
-        .map(|s| s.value.clone())
-        .unwrap_or_else(|| {
-            cloudrun::spec::DEFAULT_OUTPUT_DIRS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        });
-
-    // The script.
-    let command = match inputs.command.split_first() {
-        None => {
-            p.push("no script given: write e.g. `cloudrun-launch main.py --epochs 50`".into());
-            Vec::new()
-        }
-        Some((script, args)) => {
-            let path = settings.project_dir.join(script);
-            if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err()
-            {
-                p.push(format!(
-                    "script {script:?} must be a path inside the project folder {}",
-                    settings.project_dir.display()
-                ));
-            } else if !path.is_file() {
-                p.push(format!("script {script:?} not found in the project folder {} (run from the project folder or pass -C DIR)", settings.project_dir.display()));
-            }
-            job_command(script, args)
-        }
-    };
+    let env = job_env(settings, &mut p);
+    let output_dirs = output_dirs(settings);
+    let command = script_command(settings, inputs.command, &mut p);
 
     // The agent binary.
     let agent_path = settings
@@ -557,17 +778,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     }
     let cloud_max_run_secs = agent_max + CLOUD_DEADLINE_MARGIN_SECS;
 
-    let idle = match settings.idle_minutes.as_ref().map(|s| s.value) {
-        Some(0) => IdlePolicy {
-            enabled: false,
-            ..IdlePolicy::default()
-        },
-        Some(m) => IdlePolicy {
-            window_secs: m * 60,
-            ..IdlePolicy::default()
-        },
-        None => IdlePolicy::default(),
-    };
+    let idle = idle_policy(settings);
 
     let prices_problem = settings
         .prices

@@ -34,14 +34,16 @@ impl SyncPusher {
     }
 }
 
-#[async_trait(?Send)]
-impl CodePusher for SyncPusher {
-    async fn push(
+impl SyncPusher {
+    /// Push the tree under `root` and write the manifest of `run` (cloud and local runs).
+    pub async fn push_code(
         &self,
         storage: Arc<dyn Storage>,
-        plan: &LaunchPlan,
+        root: &std::path::Path,
+        layout: &cloudrun::Layout,
+        run: &cloudrun::RunId,
     ) -> Result<PushSummary, LaunchError> {
-        let root = plan.project_dir.clone();
+        let root = root.to_path_buf();
         let opts = ScanOptions {
             index_path: self.index_path(&root),
             threads: 0,
@@ -53,10 +55,10 @@ impl CodePusher for SyncPusher {
         if let Some(note) = &tree.ignored_note {
             tracing::info!("{note}");
         }
-        let key = plan.layout.manifest(&plan.run_id);
+        let key = layout.manifest(run);
         let report = push_tree(
             storage,
-            &plan.layout,
+            layout,
             &tree,
             &key,
             &PushOptions {
@@ -71,5 +73,17 @@ impl CodePusher for SyncPusher {
             total_bytes: report.total_bytes,
             bytes_uploaded: report.bytes_uploaded,
         })
+    }
+}
+
+#[async_trait(?Send)]
+impl CodePusher for SyncPusher {
+    async fn push(
+        &self,
+        storage: Arc<dyn Storage>,
+        plan: &LaunchPlan,
+    ) -> Result<PushSummary, LaunchError> {
+        self.push_code(storage, &plan.project_dir, &plan.layout, &plan.run_id)
+            .await
     }
 }

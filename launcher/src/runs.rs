@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub enum RunsError {
     NoInstance(RunId),
     #[error("{0}")]
     Other(String),
+    #[error("the local agent of run {0} exited without recording an end: its own log is agent.log in the run's folder under ~/.local/share/cloudrun/local/")]
+    AgentGone(RunId),
 }
 
 fn st(what: impl Into<String>) -> impl FnOnce(StorageError) -> RunsError {
@@ -167,6 +170,13 @@ pub struct RunView {
 }
 
 impl RunView {
+    /// Whether the run's "VM" is a local agent (`--local`).
+    pub fn is_local(&self) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|s| s.placement.provider == cloudrun::spec::Provider::Local)
+    }
+
     pub fn phase(&self) -> Phase {
         self.status
             .as_ref()
@@ -411,8 +421,68 @@ pub async fn status_one(
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), RunsError> {
+    status_one_with(store, compute, None, run, json, now, out).await
+}
+
+/// The VM's fate as the status names it (`deleted`, `powered_off`, `local_exit`).
+fn fate_name(s: &RunStatus) -> Option<String> {
+    s.vm.and_then(|f| serde_json::to_value(f).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+/// `status RUN`, also for local runs: `local` is the data dir whose records say whether a
+/// local run's agent still runs (as the Compute API says for a VM).
+pub async fn status_one_with(
+    store: &Store,
+    compute: Option<(&dyn Compute, &str)>,
+    local: Option<&Path>,
+    run: &RunId,
+    json: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
     let v = store.load(run).await?;
-    let samples = store.metrics(run).await?;
+    if v.is_local() {
+        let rec = local.and_then(|d| crate::local::record_for(d, run));
+        if json {
+            let doc = serde_json::json!({
+                "run_id": v.run.as_str(),
+                "phase": phase_name(v.phase()),
+                "status": v.status,
+                "spec": v.spec,
+                "vm": match &rec {
+                    Some(r) => serde_json::json!({"local_pid": r.pid, "alive": r.alive(), "agent_log": r.agent_log}),
+                    None => serde_json::json!({"error": "no local agent record on this machine"}),
+                },
+            });
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            )?;
+            return Ok(());
+        }
+        writeln!(out, "run      {}", v.run)?;
+        writeln!(out, "phase    {}", phase_name(v.phase()))?;
+        let fate = v.status.as_ref().and_then(fate_name);
+        let vm = match (&rec, &fate) {
+            (Some(r), Some(f)) => format!("{}; vm: {f}", r.describe()),
+            (Some(r), None) => r.describe(),
+            (None, Some(f)) => format!("local; vm: {f}"),
+            (None, None) => "local (not started on this machine)".into(),
+        };
+        writeln!(out, "vm       {vm}")?;
+        if let Some(r) = rec.as_ref().filter(|r| !r.alive()) {
+            if !v.phase().is_terminal() {
+                writeln!(
+                    out,
+                    "warning  the local agent is gone but the run never recorded an end: see {}",
+                    r.agent_log.display()
+                )?;
+            }
+        }
+        return print_status_body(store, &v, now, out).await;
+    }
     let vm: Result<Option<Instance>, String> = match (compute, v.instance()) {
         (Some((c, _)), Some((p, z, n))) => c
             .get_instance(&p, &z, &n)
@@ -450,6 +520,17 @@ pub async fn status_one(
             writeln!(out, "warning  the run ended but its VM is still up: `cloudrun-launch stop {} --now` or `cloudrun-launch sweep --yes`", v.run)?;
         }
     }
+    print_status_body(store, &v, now, out).await
+}
+
+/// The part of `status RUN` that cloud and local runs share: times, cost, GPU, end.
+async fn print_status_body(
+    store: &Store,
+    v: &RunView,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let samples = store.metrics(&v.run).await?;
     if let Some(s) = &v.status {
         if let Some(e) = v.elapsed_secs(now) {
             writeln!(out, "elapsed  {}", cloudrun::billing::format_secs(e as u64))?;
@@ -562,12 +643,30 @@ pub async fn logs(
     poll: Duration,
     out: &mut dyn Write,
 ) -> Result<Option<RunStatus>, RunsError> {
-    let mut seen = BTreeSet::new();
     if !follow {
+        let mut seen = BTreeSet::new();
         store.load(run).await?;
         print_new_chunks(store, run, &mut seen, out).await?;
         return Ok(None);
     }
+    follow_logs(store, run, poll, None, out).await
+}
+
+/// Whether the run's "VM" still runs (for local runs: is the agent process alive).
+pub type AliveCheck<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
+/// `logs -f`: print chunks until the run ends. With `alive`, also stop (with an error)
+/// when the "VM" is gone without the run having recorded an end, instead of waiting
+/// forever for a status that no one will write.
+pub async fn follow_logs(
+    store: &Store,
+    run: &RunId,
+    poll: Duration,
+    alive: Option<AliveCheck<'_>>,
+    out: &mut dyn Write,
+) -> Result<Option<RunStatus>, RunsError> {
+    let mut seen = BTreeSet::new();
+    let mut gone_once = false;
     let mut pause = poll;
     let mut failing = false;
     loop {
@@ -588,6 +687,14 @@ pub async fn logs(
                     // The agent writes the last chunks before the final status.
                     print_new_chunks(store, run, &mut seen, out).await?;
                     return Ok(view.status);
+                }
+                if alive.is_some_and(|f| !f()) {
+                    // One more look: the agent may have written its end just before exiting.
+                    if gone_once {
+                        return Err(RunsError::AgentGone(run.clone()));
+                    }
+                    gone_once = true;
+                    continue;
                 }
             }
             Err(e @ RunsError::NoSuchRun { .. }) => return Err(e),
@@ -827,4 +934,149 @@ pub async fn sweep(
         )?;
     }
     Ok(c.len())
+}
+
+/// `ls` for local runs: the VM column is the local agent (alive or exited).
+pub async fn ls_local(
+    store: &Store,
+    data_dir: &Path,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let ids = store.run_ids().await?;
+    writeln!(
+        out,
+        "{:<22} {:<10} {:<14} {:>8}  VM",
+        "RUN", "PHASE", "GPU", "COST"
+    )?;
+    for id in ids.iter().rev() {
+        let v = store.load(id).await?;
+        let vm = match crate::local::record_for(data_dir, id) {
+            Some(r) => r.describe(),
+            None => "-".into(),
+        };
+        let mut phase = phase_name(v.phase()).to_string();
+        if v.silent(now) {
+            phase.push('?');
+        }
+        let gpu = if v.is_local() {
+            "local".into()
+        } else {
+            v.gpu()
+        };
+        writeln!(
+            out,
+            "{:<22} {:<10} {:<14} {:>8}  {}",
+            id.as_str(),
+            phase,
+            gpu,
+            format!("${:.2}", v.cost()),
+            vm
+        )?;
+    }
+    Ok(())
+}
+
+/// `stop --now` for a local run: write the stop request (as for a VM), kill the agent's
+/// session (the agent and the job), and record the end the agent can no longer write.
+pub async fn stop_local_now(
+    store: &Store,
+    data_dir: &Path,
+    run: &RunId,
+    by: &str,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let v = store.load(run).await?;
+    let rec = crate::local::record_for(data_dir, run).ok_or_else(|| {
+        RunsError::Other(format!(
+            "run {run} was not started on this machine (no record under {}): stop it gracefully with `cloudrun-launch --local stop {run}`",
+            data_dir.display()
+        ))
+    })?;
+    if !rec.alive() {
+        writeln!(out, "the local agent of run {run} is already gone")?;
+        return Ok(());
+    }
+    let req = StopRequest {
+        requested_at: now,
+        by: by.to_string(),
+        message: Some("stop --now".into()),
+    };
+    let key = store.layout.stop_request(run);
+    store
+        .storage
+        .put_bytes(
+            &key,
+            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
+            &PutOptions::default().with_content_type("application/json"),
+        )
+        .await
+        .map_err(st(format!("writing {key}")))?;
+    let n = crate::local::kill_session(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
+    if let Some(mut s) = v.status.filter(|s| !s.phase.is_terminal()) {
+        s.phase = Phase::Ended;
+        s.updated_at = now;
+        s.ended_at = Some(now);
+        s.end = Some(cloudrun::status::EndInfo {
+            reason: cloudrun::status::EndReason::Stopped,
+            exit_code: None,
+            signal: Some(9),
+            message: format!("stop --now by {by}: the local agent and its job were killed"),
+        });
+        s.vm = Some(cloudrun::status::VmFate::LocalExit);
+        let skey = store.layout.status(run);
+        store
+            .storage
+            .put_bytes(
+                &skey,
+                Bytes::from(s.to_json()),
+                &PutOptions::default().with_content_type("application/json"),
+            )
+            .await
+            .map_err(st(format!("writing {skey}")))?;
+    }
+    writeln!(
+        out,
+        "killed the local agent of run {run} (pid {}, {n} process group(s)); outputs not yet synced are lost",
+        rec.pid
+    )?;
+    Ok(())
+}
+
+/// `sweep` for local runs: live local agents whose run ended or went silent; killed with
+/// `--yes`.
+pub async fn sweep_local(
+    store: &Store,
+    data_dir: &Path,
+    yes: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<usize, RunsError> {
+    let mut n = 0;
+    for r in crate::local::records(data_dir)
+        .into_iter()
+        .filter(|r| r.alive())
+    {
+        let why = match store.load(&r.run_id).await {
+            Ok(v) if v.phase().is_terminal() => format!("run ended ({})", v.end()),
+            Ok(v) if v.silent(now) => "no heartbeat".into(),
+            Ok(_) => continue,
+            Err(RunsError::NoSuchRun { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        n += 1;
+        if yes {
+            crate::local::kill_session(&r).map_err(|e| RunsError::Other(e.to_string()))?;
+            writeln!(out, "killed local agent pid {} ({why})", r.pid)?;
+        } else {
+            writeln!(out, "local agent pid {}: {why} (run {})", r.pid, r.run_id)?;
+        }
+    }
+    if n == 0 {
+        writeln!(out, "nothing to sweep")?;
+    } else if !yes {
+        writeln!(out, "{n} local agent(s) would be killed; run `cloudrun-launch --local sweep --yes` to kill them")?;
+    }
+    Ok(n)
 }

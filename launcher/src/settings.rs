@@ -26,12 +26,18 @@ pub const ENV_VM_INSTANCE: &str = "VM_INSTANCE";
 pub const ENV_VM_USER: &str = "VM_USER";
 /// Path of the static agent binary to upload.
 pub const ENV_AGENT_BINARY: &str = "CLOUDRUN_AGENT_BINARY";
+/// Where runs execute: `gce` (the default) or `local` (what `--local` sets).
+pub const ENV_PROVIDER: &str = "CLOUDRUN_PROVIDER";
+/// The user's data dir under which local runs keep their store and per-run folders.
+pub const DATA_SUBDIR: &str = "cloudrun";
 
 /// One layer of settings: the shape of `cloudrun.toml` and of the user config, and what
 /// the flags fill in. Every key is optional here; `plan` says which are required.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
+    /// `gce` (a Compute Engine VM, the default) or `local` (a detached agent here).
+    pub provider: Option<String>,
     pub account: Option<String>,
     pub project: Option<String>,
     pub gcs_dir: Option<String>,
@@ -102,6 +108,11 @@ pub struct FileProblem {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub project_dir: PathBuf,
+    pub provider: Option<Sourced<String>>,
+    /// `$XDG_DATA_HOME/cloudrun` (or `~/.local/share/cloudrun`): local runs live here.
+    pub data_dir: Option<PathBuf>,
+    /// `$HOME`: never accepted as the project folder.
+    pub home_dir: Option<PathBuf>,
     pub account: Option<Sourced<String>>,
     pub project: Option<Sourced<String>>,
     pub gcs_dir: Option<Sourced<String>>,
@@ -151,6 +162,18 @@ pub fn default_user_file(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf
         return Some(PathBuf::from(h).join(".config").join(USER_FILE));
     }
     directories::BaseDirs::new().map(|d| d.config_dir().join(USER_FILE))
+}
+
+/// The user's data dir for cloudrun (`$XDG_DATA_HOME/cloudrun`, else
+/// `~/.local/share/cloudrun`), read from the given environment so tests can move it.
+pub fn default_data_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(x) = env("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
+        return Some(PathBuf::from(x).join(DATA_SUBDIR));
+    }
+    if let Some(h) = env("HOME").filter(|s| !s.is_empty()) {
+        return Some(PathBuf::from(h).join(".local/share").join(DATA_SUBDIR));
+    }
+    directories::BaseDirs::new().map(|d| d.data_dir().join(DATA_SUBDIR))
 }
 
 fn read_layer(
@@ -267,6 +290,11 @@ impl Settings {
 
         Settings {
             project_dir: inputs.project_dir.clone(),
+            provider: pick!(provider, ENV_PROVIDER),
+            data_dir: default_data_dir(inputs.env),
+            home_dir: (inputs.env)("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from),
             account: pick!(account, ENV_ACCOUNT),
             project: pick!(project, ENV_PROJECT),
             gcs_dir: pick!(gcs_dir, ENV_GCS_DIR),
@@ -320,6 +348,7 @@ impl Settings {
                 if *found { "read" } else { "absent" }
             ));
         }
+        line(&mut out, "provider", &self.provider);
         line(&mut out, "account", &self.account);
         line(&mut out, "project", &self.project);
         line(&mut out, "gcs_dir", &self.gcs_dir);
@@ -369,6 +398,7 @@ pub fn how_to_set(key: &str, example: &str) -> String {
         "vm_instance" => Some(ENV_VM_INSTANCE),
         "vm_user" => Some(ENV_VM_USER),
         "agent_binary" => Some(ENV_AGENT_BINARY),
+        "provider" => Some(ENV_PROVIDER),
         _ => None,
     };
     let flag = format!("--{}", key.replace('_', "-"));

@@ -1,0 +1,296 @@
+//! `--local` end to end with the real binaries: the README's first command (the
+//! quickstart through `scripts/quickstart.sh`), and bad input that must be refused with a
+//! message naming the fix while an earlier run stays untouched. Every test runs with a
+//! temporary HOME and XDG dirs, so nothing touches the real user's data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// How long a local run may take to show up as running, in seconds (agent start + pull).
+const RUN_START_SECS: u64 = 60;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cloudrun-launch"))
+}
+
+/// The target dir the test binaries were built into (`<target>/debug/cloudrun-launch`).
+fn target_dir() -> PathBuf {
+    launcher()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A temporary HOME with XDG dirs inside it.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn store(&self) -> PathBuf {
+        self.path().join("data/cloudrun/store")
+    }
+
+    /// A command with this HOME, no cloud settings, and rustup/cargo still found.
+    fn command(&self, program: &Path) -> Command {
+        let real_home = std::env::var("HOME").unwrap_or_default();
+        let mut c = Command::new(program);
+        for var in [
+            "GCS_DIR",
+            "GCP_ACCOUNT",
+            "GCLOUD_PROJECT",
+            "VM_INSTANCE",
+            "VM_USER",
+            "CLOUDRUN_PROVIDER",
+            "CLOUDRUN_AGENT_BINARY",
+            "STORAGE_EMULATOR_HOST",
+        ] {
+            c.env_remove(var);
+        }
+        c.env(
+            "RUSTUP_HOME",
+            std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup")),
+        )
+        .env(
+            "CARGO_HOME",
+            std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo")),
+        )
+        .env("HOME", self.path())
+        .env("XDG_DATA_HOME", self.path().join("data"))
+        .env("XDG_CONFIG_HOME", self.path().join("config"))
+        .env("XDG_CACHE_HOME", self.path().join("cache"))
+        .env("CARGO_TARGET_DIR", target_dir());
+        c
+    }
+
+    fn launch(&self, cwd: &Path, args: &[&str]) -> Output {
+        self.command(&launcher())
+            .current_dir(cwd)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The run id from the launch summary's `run      <id>` line.
+fn run_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no run line in {stdout}"))
+}
+
+/// The README's first command: the first line of its first ```sh block.
+fn readme_first_command() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let block = readme.split("```sh\n").nth(1).expect("a ```sh block");
+    let line = block.lines().next().unwrap();
+    line.split('#').next().unwrap().trim().to_string()
+}
+
+fn status_json(home: &Home, cwd: &Path, run: &str) -> serde_json::Value {
+    let out = home.launch(cwd, &["--local", "status", run, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn store_runs(home: &Home) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(home.store().join("runs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn readme_first_command_runs_the_quickstart_end_to_end() {
+    let cmd = readme_first_command();
+    assert_eq!(
+        cmd, "scripts/quickstart.sh",
+        "the README's first command changed"
+    );
+    let home = Home::new();
+    let root = repo_root();
+    let started = Instant::now();
+    // The same command, pointed at the debug build the tests already made.
+    let out = home
+        .command(Path::new("bash"))
+        .current_dir(&root)
+        .arg("-c")
+        .arg(&cmd)
+        .env("CLOUDRUN_PROFILE", "debug")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("quickstart took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("epoch 8/8"), "live logs: {stdout}");
+    assert!(stdout.contains("receipt: billed"), "receipt: {stdout}");
+    let run = run_id(&stdout);
+
+    // Every checkpoint in the store came back byte for byte.
+    let outputs = home
+        .store()
+        .join("runs")
+        .join(&run)
+        .join("outputs/checkpoint");
+    let mut n = 0;
+    for e in std::fs::read_dir(&outputs).unwrap().flatten() {
+        let name = e.file_name();
+        let pulled = root.join("examples/quickstart/checkpoint").join(&name);
+        assert_eq!(
+            std::fs::read(e.path()).unwrap(),
+            std::fs::read(&pulled).unwrap(),
+            "{} differs from the store",
+            pulled.display()
+        );
+        n += 1;
+    }
+    assert_eq!(n, 8, "one checkpoint per epoch");
+
+    let s = status_json(&home, &root, &run);
+    assert_eq!(s["status"]["end"]["reason"], "succeeded", "{s:#}");
+    assert_eq!(s["status"]["vm"], "local_exit", "{s:#}");
+    assert_eq!(s["vm"]["alive"], false, "{s:#}");
+    assert_eq!(s["spec"]["placement"]["provider"], "local");
+}
+
+/// A project whose job runs until stopped, for the live-run cases.
+fn slow_project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+    std::fs::write(
+        dir.join("main.py"),
+        "import time\nprint('started', flush=True)\ntime.sleep(120)\n",
+    )
+    .unwrap();
+}
+
+fn build_agent(home: &Home) {
+    let out = home
+        .command(Path::new("cargo"))
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "-p", "cloudrun-agent"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn wait_running(home: &Home, cwd: &Path, run: &str) {
+    let deadline = Instant::now() + Duration::from_secs(RUN_START_SECS);
+    while Instant::now() < deadline {
+        let s = status_json(home, cwd, run);
+        if s["phase"] == "running" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("run {run} never started");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_fix_and_an_earlier_run_is_untouched() {
+    let home = Home::new();
+    build_agent(&home);
+    let work = home.path().join("proj");
+    slow_project(&work);
+
+    // An earlier run, still going.
+    let first = home.launch(&work, &["--local", "main.py"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let run = run_id(&text(&first.stdout));
+    wait_running(&home, &work, &run);
+    let spec_before = std::fs::read(home.store().join(format!("runs/{run}/spec.json"))).unwrap();
+    let runs_before = store_runs(&home);
+
+    let refused = |args: &[&str], cwd: &Path, needle: &str| {
+        let out = home.launch(cwd, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(store_runs(&home), runs_before, "{args:?} created a run");
+        err
+    };
+
+    // 1. A script that does not exist.
+    refused(
+        &["--local", "nope.py"],
+        &work,
+        "script \"nope.py\" not found in the project folder",
+    );
+    // 2. Outside a project folder: the home directory would upload everything in it.
+    std::fs::write(home.path().join("main.py"), "print(1)\n").unwrap();
+    let err = refused(
+        &["--local", "main.py"],
+        home.path(),
+        "is not a project folder",
+    );
+    assert!(err.contains("-C DIR"), "{err}");
+    // 3. A broken cloudrun.toml, named with what is wrong.
+    let broken = home.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("main.py"), "print(1)\n").unwrap();
+    std::fs::write(broken.join("cloudrun.toml"), "epochs = 3\n[env\n").unwrap();
+    refused(
+        &["--local", "main.py"],
+        &broken,
+        "cloudrun.toml is not a valid",
+    );
+    // 4. A second local run of the same project while the first is going.
+    let err = refused(&["--local", "main.py"], &work, "is still running locally");
+    assert!(err.contains(&format!("stop {run}")), "{err}");
+    // 5. A bucket given as the store of a local run.
+    refused(
+        &["--local", "--gcs-dir", "gs://my-bucket/x", "main.py"],
+        &work,
+        "pass --gcs-dir file:///path",
+    );
+
+    // The earlier run is untouched and still running.
+    let s = status_json(&home, &work, &run);
+    assert_eq!(s["phase"], "running", "{s:#}");
+    assert_eq!(s["vm"]["alive"], true, "{s:#}");
+    assert_eq!(
+        std::fs::read(home.store().join(format!("runs/{run}/spec.json"))).unwrap(),
+        spec_before
+    );
+
+    // stop --now kills the local agent and its job, and records the end.
+    let out = home.launch(&work, &["--local", "stop", &run, "--now"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("killed the local agent"));
+    let s = status_json(&home, &work, &run);
+    assert_eq!(s["vm"]["alive"], false, "{s:#}");
+    assert_eq!(s["status"]["end"]["reason"], "stopped", "{s:#}");
+    assert_eq!(s["status"]["vm"], "local_exit", "{s:#}");
+    // ... and a new run of the project is accepted again (dry run: nothing started).
+    let out = home.launch(&work, &["--local", "--dry-run", "main.py"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
