@@ -4,8 +4,12 @@
 # live logs, checkpoints mirrored to the local store, the receipt, the outputs pulled
 # back into examples/quickstart/checkpoint/. Exits with the run's exit code.
 #
-#   CLOUDRUN_PROFILE=debug   use the debug build (the test does, to reuse its build)
+#   CLOUDRUN_PROFILE=debug   use the debug build
 #   CARGO_TARGET_DIR         where cargo builds (as cargo itself reads it)
+#   CLOUDRUN_BIN_DIR=DIR     use the cloudrun-launch and cloudrun-agent already in DIR and
+#                            build nothing (the test does: `cargo test` built them, and a
+#                            plain `cargo build` would rebuild them without the
+#                            dev-dependencies' features)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,5 +21,10 @@ case "$profile" in
 esac
 target_dir="${CARGO_TARGET_DIR:-target}"
 
-cargo build --quiet --profile "$cargo_profile" -p cloudrun-launch -p cloudrun-agent >&2
-exec "$target_dir/$profile/cloudrun-launch" --local --follow examples/quickstart/main.py "$@"
+if [ -n "${CLOUDRUN_BIN_DIR:-}" ]; then
+  bin_dir=$CLOUDRUN_BIN_DIR
+else
+  cargo build --quiet --profile "$cargo_profile" -p cloudrun-launch -p cloudrun-agent >&2
+  bin_dir=$target_dir/$profile
+fi
+exec "$bin_dir/cloudrun-launch" --local --follow examples/quickstart/main.py "$@"

@@ -140,13 +140,14 @@ fn readme_first_command_runs_the_quickstart_end_to_end() {
     let home = Home::new();
     let root = repo_root();
     let started = Instant::now();
-    // The same command, pointed at the debug build the tests already made.
+    // The same command, pointed at the binaries this test build already made.
+    ensure_agent(&home);
     let out = home
         .command(Path::new("bash"))
         .current_dir(&root)
         .arg("-c")
         .arg(&cmd)
-        .env("CLOUDRUN_PROFILE", "debug")
+        .env("CLOUDRUN_BIN_DIR", launcher().parent().unwrap())
         .output()
         .unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -193,7 +194,12 @@ fn slow_project(dir: &Path) {
     .unwrap();
 }
 
-fn build_agent(home: &Home) {
+/// The agent beside the launcher under test. `cargo test --workspace` builds it with the
+/// same features as the launcher; only when this package is tested alone is it built here.
+fn ensure_agent(home: &Home) {
+    if launcher().with_file_name("cloudrun-agent").exists() {
+        return;
+    }
     let out = home
         .command(Path::new("cargo"))
         .current_dir(repo_root())
@@ -218,7 +224,7 @@ fn wait_running(home: &Home, cwd: &Path, run: &str) {
 #[test]
 fn bad_input_is_refused_with_the_fix_and_an_earlier_run_is_untouched() {
     let home = Home::new();
-    build_agent(&home);
+    ensure_agent(&home);
     let work = home.path().join("proj");
     slow_project(&work);
 
