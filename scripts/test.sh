@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The project's test command (the README's second command; .ci/run calls exactly this).
-# Installs what the tests need on a fresh machine, then formats-checks, lints and tests.
+# Installs what the tests need on a fresh machine, then format-checks, lints and tests,
+# and ends with one line totalling every test binary: "tests: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
