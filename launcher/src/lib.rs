@@ -342,6 +342,8 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         Some(Command::Pull { run, into }) => {
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run).await?;
+            // A mistyped id must not look like a run with no outputs.
+            store.load(&id).await?;
             let dest = into.clone().unwrap_or_else(|| settings.project_dir.clone());
             pull_outputs(&store, &id, &dest, out).await?;
             Ok(0)

@@ -272,6 +272,14 @@ pub async fn an_unknown_run_says_how_to_list_runs(b: &Backend, cwd: &Path) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cloudrun-launch status"), "{err}");
+    let err = inv
+        .try_cmd(&["pull", "20991231-000000-ffff"])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no run 20991231-000000-ffff"),
+        "{err}"
+    );
     let err = inv.try_cmd(&["status", "nope"]).await.unwrap_err();
     assert!(err.to_string().contains("is not a run id"), "{err}");
 }
