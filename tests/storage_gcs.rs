@@ -481,3 +481,59 @@ async fn create_only_puts_send_if_generation_match_zero_and_map_412() {
     assert_eq!(seen.len(), 2, "a 412 is not retried");
     assert!(seen.iter().all(|q| q["ifGenerationMatch"] == "0"));
 }
+
+#[tokio::test]
+async fn a_file_upload_streams_its_chunks_and_resumes_after_a_cut() {
+    let gcs = StrictGcs::start();
+    gcs.create_bucket("bkt");
+    let proxy = FlakyProxy::start(gcs.port());
+    let s = store(&proxy.host(), "bkt").with_chunk_bytes(1 << 20);
+    let dir = TempDir::new("gcs-file-resume");
+    let src = dir.path().join("ckpt.bin");
+    let data = pattern("file-resume", SIMPLE_UPLOAD_MAX_BYTES as usize + 2_500_000);
+    std::fs::write(&src, &data).unwrap();
+    proxy.cut_after(3 * (1 << 20) + 300_000);
+    let opts = PutOptions {
+        crc32c: Some(crc32c::crc32c(&data)),
+        ..PutOptions::default()
+    };
+    let m = s.put_file("ckpt/file.bin", &src, &opts).await.unwrap();
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(m.crc32c, Some(crc32c::crc32c(&data)));
+    assert_eq!(
+        sha256_hex(&s.get_bytes("ckpt/file.bin").await.unwrap()),
+        sha256_hex(&data)
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_no_longer_matches_its_checksum_leaves_no_object() {
+    // The caller hashed the file, then it changed before or during the upload: the
+    // server is told the expected CRC32C (real GCS refuses; fake-gcs-server does not
+    // check), and the client removes whatever landed.
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("bkt");
+    let s = store(&gcs.host(), "bkt").with_chunk_bytes(4 << 20);
+    let dir = TempDir::new("gcs-changed");
+    for (name, size) in [
+        ("small.bin", 1_000usize),
+        ("large.bin", SIMPLE_UPLOAD_MAX_BYTES as usize + 5),
+    ] {
+        let src = dir.path().join(name);
+        let data = pattern(name, size);
+        std::fs::write(&src, &data).unwrap();
+        let opts = PutOptions {
+            crc32c: Some(crc32c::crc32c(&data) ^ 1),
+            ..PutOptions::default()
+        };
+        let err = s.put_file(name, &src, &opts).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::Integrity { .. }),
+            "{name}: {err}"
+        );
+        assert!(
+            s.head(name).await.unwrap().is_none(),
+            "{name} must not be left behind"
+        );
+    }
+}

@@ -29,9 +29,12 @@ use crate::retry::{Retry, RetryPolicy, Retryable};
 /// Objects up to this size go up in one multipart request; larger ones use a resumable
 /// session, so a dropped connection costs at most one chunk.
 pub const SIMPLE_UPLOAD_MAX_BYTES: u64 = 8 << 20;
-/// Resumable chunk size: a multiple of 256 KiB (the protocol's quantum), large enough for
-/// throughput, small enough to hold in memory a few at a time.
-pub const RESUMABLE_CHUNK_BYTES: usize = 16 << 20;
+/// Resumable chunk size: a multiple of 256 KiB (the protocol's quantum). File chunks are
+/// streamed from disk, never held in memory, so the size only trades requests against
+/// what a dropped connection costs to resend.
+pub const RESUMABLE_CHUNK_BYTES: usize = 64 << 20;
+/// Read size when streaming a file chunk or re-reading part of one.
+const FILE_READ_BYTES: usize = 256 << 10;
 /// The protocol's chunk quantum.
 pub const RESUMABLE_QUANTUM_BYTES: usize = 256 << 10;
 /// Objects per listing page (the API's maximum).
@@ -168,29 +171,95 @@ impl ObjectJson {
 
 /// What a resumable upload reads its bytes from.
 enum Source<'a> {
+    /// Bytes in memory: chunks are zero-copy slices.
     Bytes(&'a Bytes),
-    File(tokio::fs::File, &'a Path),
+    /// A file: each chunk is streamed from disk through its own handle.
+    File(&'a Path),
+}
+
+/// What a streamed chunk saw go by: the running CRC32C (starting from the committed
+/// prefix's) and the number of bytes.
+#[derive(Debug, Default)]
+struct ChunkTally {
+    crc: u32,
+    bytes: u64,
 }
 
 impl Source<'_> {
-    async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes, StorageError> {
+    /// The request body for bytes `offset..offset+len`, and a tally that holds their
+    /// CRC32C (appended to `crc_before`) once the body has been sent.
+    async fn chunk(
+        &self,
+        offset: u64,
+        len: u64,
+        crc_before: u32,
+    ) -> Result<(reqwest::Body, Arc<std::sync::Mutex<ChunkTally>>), StorageError> {
+        let tally = Arc::new(std::sync::Mutex::new(ChunkTally {
+            crc: crc_before,
+            bytes: 0,
+        }));
         match self {
             Source::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
-                let end = (start + len).min(b.len());
-                Ok(b.slice(start..end))
+                let end = (start + len as usize).min(b.len());
+                let slice = b.slice(start..end);
+                if let Ok(mut t) = tally.lock() {
+                    t.crc = crc32c::crc32c_append(crc_before, &slice);
+                    t.bytes = slice.len() as u64;
+                }
+                Ok((reqwest::Body::from(slice), tally))
             }
-            Source::File(f, path) => {
+            Source::File(path) => {
+                let mut f = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| StorageError::io(*path, e))?;
                 f.seek(std::io::SeekFrom::Start(offset))
                     .await
                     .map_err(|e| StorageError::io(*path, e))?;
-                let mut buf = Vec::with_capacity(len);
-                (&mut *f)
-                    .take(len as u64)
-                    .read_to_end(&mut buf)
+                let t2 = tally.clone();
+                let reader =
+                    tokio_util::io::ReaderStream::with_capacity(f.take(len), FILE_READ_BYTES);
+                let counted = futures::StreamExt::map(reader, move |r| {
+                    if let (Ok(b), Ok(mut t)) = (&r, t2.lock()) {
+                        t.crc = crc32c::crc32c_append(t.crc, b);
+                        t.bytes += b.len() as u64;
+                    }
+                    r
+                });
+                Ok((reqwest::Body::wrap_stream(counted), tally))
+            }
+        }
+    }
+
+    /// CRC32C of bytes `offset..offset+len` appended to `crc`, read again from the source
+    /// (after a chunk the server kept only part of).
+    async fn crc_of(&self, offset: u64, len: u64, crc: u32) -> Result<u32, StorageError> {
+        match self {
+            Source::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = (start + len as usize).min(b.len());
+                Ok(crc32c::crc32c_append(crc, &b[start..end]))
+            }
+            Source::File(path) => {
+                let mut f = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| StorageError::io(*path, e))?;
-                Ok(Bytes::from(buf))
+                f.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(|e| StorageError::io(*path, e))?;
+                let mut f = f.take(len);
+                let mut buf = vec![0u8; FILE_READ_BYTES];
+                let mut crc = crc;
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| StorageError::io(*path, e))?;
+                    if n == 0 {
+                        return Ok(crc);
+                    }
+                    crc = crc32c::crc32c_append(crc, &buf[..n]);
+                }
             }
         }
     }
@@ -349,6 +418,7 @@ impl GcsStorage {
     }
 
     fn object_resource(key: &str, opts: &PutOptions, crc: Option<u32>) -> serde_json::Value {
+        let crc = crc.or(opts.crc32c);
         let mut m = serde_json::json!({ "name": key });
         if let Some(ct) = &opts.content_type {
             m["contentType"] = ct.clone().into();
@@ -570,17 +640,25 @@ impl GcsStorage {
         }
     }
 
-    /// A resumable upload of `total` bytes from `src`. Chunks go up in order; after a
-    /// failed chunk the session is asked what it holds and the upload continues from
-    /// there. The running CRC32C covers exactly the committed bytes, and goes with the
-    /// last chunk (`X-Goog-Hash`) so the server checks it too.
+    /// A resumable upload of `total` bytes from `src`. Chunks go up in order, file chunks
+    /// streamed from disk; after a failed chunk the session is asked what it holds and the
+    /// upload continues from there. The running CRC32C covers exactly the committed bytes;
+    /// when the whole content's CRC32C is known up front (`opts.crc32c`, or bytes in
+    /// memory) the server is told it at the start and with the last chunk, so it refuses a
+    /// mismatch; either way the stored object is compared with what was sent, and removed
+    /// if they differ.
     async fn put_resumable(
         &self,
         key: &str,
-        mut src: Source<'_>,
+        src: Source<'_>,
         total: u64,
         opts: &PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
+        let mut opts = opts.clone();
+        if let (Source::Bytes(b), None) = (&src, opts.crc32c) {
+            opts.crc32c = Some(crc32c::crc32c(b));
+        }
+        let opts = &opts;
         let session = self
             .retry
             .run(&format!("start upload of {key}"), |_| {
@@ -592,38 +670,24 @@ impl GcsStorage {
         let mut crc = 0u32;
         let mut failures = 0u32;
         loop {
-            let len = (self.chunk_bytes as u64).min(total - committed) as usize;
-            let chunk = src.read_at(committed, len).await?;
-            if chunk.len() != len {
-                return Err(StorageError::Integrity {
-                    key: key.into(),
-                    detail: format!(
-                        "the source changed size while uploading (expected {total} bytes)"
-                    ),
-                });
-            }
-            let end = committed + len as u64;
+            let len = (self.chunk_bytes as u64).min(total - committed);
+            let end = committed + len;
             let last = end == total;
-            let chunk_crc = crc32c::crc32c_append(crc, &chunk);
             let range = if total == 0 {
                 "bytes */0".to_string()
             } else {
                 format!("bytes {committed}-{}/{total}", end - 1)
             };
+            let (body, tally) = src.chunk(committed, len, crc).await?;
             let mut rb = self
                 .request(Method::PUT, &session)
                 .await?
-                .header(reqwest::header::CONTENT_RANGE, range);
-            if last {
-                rb = rb.header(
-                    "X-Goog-Hash",
-                    format!("crc32c={}", crc32c_to_base64(chunk_crc)),
-                );
+                .header(reqwest::header::CONTENT_RANGE, range)
+                .header(reqwest::header::CONTENT_LENGTH, len.to_string());
+            if let (true, Some(c)) = (last, opts.crc32c) {
+                rb = rb.header("X-Goog-Hash", format!("crc32c={}", crc32c_to_base64(c)));
             }
-            let attempt = match self
-                .send(&Method::PUT, &session, rb.body(chunk.clone()))
-                .await
-            {
+            let attempt = match self.send(&Method::PUT, &session, rb.body(body)).await {
                 Ok(resp) => Self::chunk_reply(key, &session, resp).await,
                 Err(e) => Err(e),
             };
@@ -653,9 +717,22 @@ impl GcsStorage {
                     }
                 }
             };
+            let (sent_crc, sent_bytes) = tally.lock().map(|t| (t.crc, t.bytes)).unwrap_or((crc, 0));
             match reply {
                 Ok(meta) => {
-                    if let Err(e) = Self::check_written(key, &meta, chunk_crc, total) {
+                    let whole = if sent_bytes == len {
+                        sent_crc
+                    } else {
+                        src.crc_of(committed, total - committed, crc).await?
+                    };
+                    let check = match opts.crc32c {
+                        Some(want) if want != whole => Err(StorageError::Integrity {
+                            key: key.into(),
+                            detail: "the source changed while it was being uploaded".into(),
+                        }),
+                        _ => Self::check_written(key, &meta, whole, total),
+                    };
+                    if let Err(e) = check {
                         return Err(self.discard_bad_upload(key, &meta, e).await);
                     }
                     return Ok(meta);
@@ -668,7 +745,11 @@ impl GcsStorage {
                         });
                     }
                     // Extend the CRC over the part of this chunk the server kept.
-                    crc = crc32c::crc32c_append(crc, &chunk[..(next - committed) as usize]);
+                    crc = if next == end && sent_bytes == len {
+                        sent_crc
+                    } else {
+                        src.crc_of(committed, next - committed, crc).await?
+                    };
                     committed = next;
                 }
             }
@@ -700,6 +781,12 @@ impl Storage for GcsStorage {
                 .await;
         }
         let crc = crc32c::crc32c(&data);
+        if opts.crc32c.is_some_and(|want| want != crc) {
+            return Err(StorageError::Integrity {
+                key: key.into(),
+                detail: "the content changed after its checksum was taken".into(),
+            });
+        }
         // Every cloudrun write is content-addressed, create-only or a whole-object rewrite
         // whose repetition is harmless, so a retried upload is safe.
         self.retry
@@ -715,11 +802,7 @@ impl Storage for GcsStorage {
         path: &Path,
         opts: &PutOptions,
     ) -> Result<ObjectMeta, StorageError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| StorageError::io(path, e))?;
-        let total = file
-            .metadata()
+        let total = tokio::fs::metadata(path)
             .await
             .map_err(|e| StorageError::io(path, e))?
             .len();
@@ -735,7 +818,7 @@ impl Storage for GcsStorage {
             }
             return self.put_bytes(key, Bytes::from(data), opts).await;
         }
-        self.put_resumable(key, Source::File(file, path), total, opts)
+        self.put_resumable(key, Source::File(path), total, opts)
             .await
     }
 

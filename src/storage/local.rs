@@ -144,6 +144,13 @@ impl LocalStorage {
             tmp.write_all(&buf[..n])
                 .map_err(|e| StorageError::io(tmp.path(), e))?;
         }
+        if opts.crc32c.is_some_and(|want| want != crc) {
+            // As GCS does when told the checksum up front: refuse, store nothing.
+            return Err(StorageError::Integrity {
+                key: key.into(),
+                detail: "the content does not match the CRC32C it was sent with".into(),
+            });
+        }
         tmp.as_file()
             .sync_all()
             .map_err(|e| StorageError::io(tmp.path(), e))?;
@@ -529,6 +536,21 @@ mod tests {
         f.set_modified(st.modified().unwrap()).unwrap();
         let err = s.get_bytes("blob").await.unwrap_err();
         assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_declared_crc32c_that_does_not_match_stores_nothing() {
+        let (_d, s) = store();
+        let opts = PutOptions {
+            crc32c: Some(crc32c::crc32c(b"other")),
+            ..PutOptions::default()
+        };
+        let err = s
+            .put_bytes("k", Bytes::from_static(b"data"), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+        assert!(s.head("k").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -59,6 +59,10 @@ pub struct PutOptions {
     /// Write only if the live object has this generation; `Some(0)` means "only if no
     /// object exists" (create-only).
     pub if_generation_match: Option<i64>,
+    /// CRC32C of the whole content, when the caller already knows it (the sync engine
+    /// hashes every file before sending it). GCS is told up front and refuses an upload
+    /// that does not match, so a file that changes mid-upload never lands.
+    pub crc32c: Option<u32>,
 }
 
 impl PutOptions {

@@ -267,9 +267,21 @@ async fn mirror_one(
     );
     opts.metadata
         .insert(META_SHA256.to_string(), d.sha256.clone());
+    // GCS is told the CRC32C just computed, so a file rewritten mid-upload is refused.
+    opts.crc32c = Some(d.crc32c);
     let meta = match storage.put_file(&key, &f.abs, &opts).await {
         Ok(m) => m,
-        Err(StorageError::Integrity { .. }) => return Ok(Outcome::Unverified(f.rel)),
+        Err(StorageError::Integrity { .. }) => {
+            // Refused because the file moved under the upload: the next pass sends it.
+            // A stable file that still does not verify is a real failure.
+            let abs = f.abs.clone();
+            let now = blocking(move || stat_now(&abs)).await?;
+            return Ok(if now != Some(before) {
+                Outcome::Deferred(f.rel)
+            } else {
+                Outcome::Unverified(f.rel)
+            });
+        }
         Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Outcome::Vanished)
         }

@@ -234,7 +234,16 @@ async fn upload_blob(
         }
         storage.put_bytes(&key, Bytes::from(data), &opts).await
     } else {
-        storage.put_file(&key, &f.abs_path, &opts).await
+        // GCS is told the CRC32C from the scan, so a file edited since is refused.
+        let opts = PutOptions {
+            crc32c: Some(f.crc32c),
+            ..opts
+        };
+        match storage.put_file(&key, &f.abs_path, &opts).await {
+            // The store refused bytes that no longer match the scan (nothing was kept).
+            Err(StorageError::Integrity { .. }) => return Err(changed()),
+            r => r,
+        }
     };
     match result {
         Ok(meta) => {
