@@ -557,16 +557,21 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     }
     let cloud_max_run_secs = agent_max + CLOUD_DEADLINE_MARGIN_SECS;
 
+    let base_policies = settings
+        .policies
+        .as_ref()
+        .map(|p| p.value.clone())
+        .unwrap_or_default();
     let idle = match settings.idle_minutes.as_ref().map(|s| s.value) {
         Some(0) => IdlePolicy {
             enabled: false,
-            ..IdlePolicy::default()
+            ..base_policies.gpu_idle.clone()
         },
         Some(m) => IdlePolicy {
             window_secs: m * 60,
-            ..IdlePolicy::default()
+            ..base_policies.gpu_idle.clone()
         },
-        None => IdlePolicy::default(),
+        None => base_policies.gpu_idle.clone(),
     };
 
     let prices_problem = settings
@@ -620,7 +625,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             gpu_idle: idle,
             budget_usd: budget,
             max_run_secs: agent_max,
-            ..Policies::default()
+            ..base_policies
         },
         price: PriceQuote {
             usd_per_hour: estimate.usd_per_hour,
