@@ -101,7 +101,7 @@ async fn not_found_route(req: Request) -> Response {
 /// Record the call; answer an armed fault instead of the handler; require a bearer token.
 async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    let path = percent_decode(req.uri().path());
     let query = req.uri().query().unwrap_or_default().to_string();
     let request_id = query
         .split('&')
@@ -142,6 +142,25 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
         status: resp.status().as_u16(),
     });
     resp
+}
+
+/// `%2D` → `-`: recorded paths read as the API sees them (clients encode differently).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The OAuth token endpoint a key file's `token_uri` points at (any assertion accepted).
