@@ -158,8 +158,16 @@ impl World {
         emu.write_service_account_key(&key);
         std::fs::write(project.path().join("train.py"), TRAIN_PY).unwrap();
         std::fs::create_dir_all(project.path().join("data")).unwrap();
-        std::fs::write(project.path().join("data/input.txt"), "some data\n".repeat(100)).unwrap();
-        let policies = FAST_POLICIES.replacen("[policies]\n", &format!("[policies]\n{}\n", opts.policies), 1);
+        std::fs::write(
+            project.path().join("data/input.txt"),
+            "some data\n".repeat(100),
+        )
+        .unwrap();
+        let policies = FAST_POLICIES.replacen(
+            "[policies]\n",
+            &format!("[policies]\n{}\n", opts.policies),
+            1,
+        );
         std::fs::write(
             project.path().join("cloudrun.toml"),
             format!("gpu = \"l4\"\n{}\n{policies}", opts.toml),
@@ -191,7 +199,10 @@ impl World {
             .env("VM_USER", vm_user())
             .env("GOOGLE_APPLICATION_CREDENTIALS", &self.key)
             .env("STORAGE_EMULATOR_HOST", self.gcs.host())
-            .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", self.emu.compute_url())
+            .env(
+                "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE",
+                self.emu.compute_url(),
+            )
             .env("CLOUDRUN_AGENT_BINARY", agent_binary())
             .env("RUST_LOG", "info");
         c
@@ -286,7 +297,10 @@ impl World {
             }
             if Instant::now() > deadline {
                 self.dump(vm);
-                panic!("run {run} did not end within {RUN_DEADLINE_SECS} s: {:?}", self.status(run));
+                panic!(
+                    "run {run} did not end within {RUN_DEADLINE_SECS} s: {:?}",
+                    self.status(run)
+                );
             }
             std::thread::sleep(Duration::from_millis(POLL_MILLIS));
         }
@@ -337,7 +351,10 @@ impl World {
                 if name.starts_with('.') {
                     continue;
                 }
-                out.insert(format!("{dir}/{name}"), std::fs::read_to_string(e.path()).unwrap_or_default());
+                out.insert(
+                    format!("{dir}/{name}"),
+                    std::fs::read_to_string(e.path()).unwrap_or_default(),
+                );
             }
         }
         out
@@ -368,11 +385,15 @@ impl World {
 
     /// Print what the VM and the emulator saw (on failure).
     pub fn dump(&self, vm: &str) {
-        eprintln!("---- serial output of {vm} ----\n{}", self.emu.serial_output(vm));
+        eprintln!(
+            "---- serial output of {vm} ----\n{}",
+            self.emu.serial_output(vm)
+        );
         if let Some(root) = self.emu.vm_root(vm) {
             eprintln!(
                 "---- agent.log ----\n{}",
-                std::fs::read_to_string(root.join("var/lib/cloudrun/agent.log")).unwrap_or_default()
+                std::fs::read_to_string(root.join("var/lib/cloudrun/agent.log"))
+                    .unwrap_or_default()
             );
         }
         for e in self.emu.events() {
@@ -420,7 +441,11 @@ pub fn whoami() -> String {
 
 /// Text of a command's stdout and stderr.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The end reason in a status.

@@ -117,6 +117,10 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
     } else if let Some(status) = s.take_fault(&method, &path) {
         let (reason, msg) = match status {
             429 => ("rateLimitExceeded", "Rate Limit Exceeded"),
+            403 => (
+                "forbidden",
+                "Required permission for this call is missing on the caller's service account.",
+            ),
             503 => ("backendError", "The service is currently unavailable."),
             _ => (
                 "backendError",
@@ -524,9 +528,11 @@ fn validate(body: &Value) -> Result<(), Response> {
     if let Some(secs) = sched["maxRunDuration"]["seconds"].as_str() {
         match secs.parse::<u64>() {
             Ok(n) if (30..=120 * 24 * 3600).contains(&n) => {}
-            _ => return Err(invalid(&format!(
+            _ => {
+                return Err(invalid(&format!(
                 "Invalid value for field 'resource.scheduling.maxRunDuration.seconds': '{secs}'."
-            ))),
+            )))
+            }
         }
     } else if sched["maxRunDuration"]["seconds"].is_number() {
         // Accepted by the API (proto3 JSON), but cloudrun always sends strings.

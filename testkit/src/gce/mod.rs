@@ -346,7 +346,8 @@ impl GceEmulator {
     }
 
     /// The next `times` calls with `method` whose path contains `path_contains` fail with
-    /// `status` (500, 503 or 429) in Google's error envelope.
+    /// `status` in Google's error envelope: 500, 503 and 429 are transient; 403 is a
+    /// permission the caller lacks (not retried by any client).
     pub fn fail_next(&self, method: &str, path_contains: &str, status: u16, times: u32) {
         self.shared.lock().faults.push(Fault {
             method: method.to_string(),
@@ -354,6 +355,11 @@ impl GceEmulator {
             status,
             left: times,
         });
+    }
+
+    /// Disarm every fault armed with [`GceEmulator::fail_next`].
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
     }
 
     /// Every Compute call so far, in arrival order.
