@@ -83,7 +83,12 @@ fn m09_store_unreachable_for_30s_mid_run_job_continues_nothing_lost() {
     assert_eq!(w.assert_outputs_in_store(&run, &vm), 46);
 }
 
+/// Left out: with the store down at the end, the agent's final sync, log and metrics
+/// flushes each wait up to `FINAL_SYNC_DEADLINE_SECS` (1800 s, retrying every call for
+/// ~30 s) before it keeps the boot disk, so the test would take over half an hour. It
+/// needs a shorter, configurable final-sync deadline in the agent first.
 #[test]
+#[ignore = "the agent waits up to 30 min for the store before keeping the disk"]
 fn m10_store_unreachable_at_the_end_keeps_the_boot_disk_and_names_it() {
     let mut w = World::new(WorldOpts::default());
     let (run, vm) = w.launch(&["ok", "8", "1"]);

@@ -85,6 +85,9 @@ pub fn http(method: &str, port: u16, path: &str, body: &str) -> std::io::Result<
     Ok((status, body))
 }
 
+/// Status, response headers (lower-case names) and body.
+pub type HttpReply = (u16, Vec<(String, String)>, String);
+
 /// An HTTP/1.1 exchange with extra request headers: status, response headers (names in
 /// lower case) and body.
 pub fn http_with(
@@ -93,7 +96,7 @@ pub fn http_with(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<HttpReply> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(HTTP_READ_TIMEOUT_SECS)))?;
     let mut req = format!(
