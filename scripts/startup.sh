@@ -13,7 +13,9 @@
 # Environment honoured (tests, emulated VMs):
 #   GCE_METADATA_HOST                        metadata server host[:port]
 #   CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE  Compute API base URL
-#   CLOUDRUN_INSTALL_DIR                     where the agent is kept (/var/lib/cloudrun)
+#   CLOUDRUN_INSTALL_DIR                     where the agent, its work and state dirs are
+#                                            kept (/var/lib/cloudrun)
+#   CLOUDRUN_CONSOLE                         the agent's serial console (/dev/console)
 #   CLOUDRUN_INIT                            systemd | detached | auto (default)
 #   CLOUDRUN_FETCH_ATTEMPTS, CLOUDRUN_FETCH_PAUSE_SECS  retry schedule (tests shorten it)
 set -uo pipefail
@@ -24,6 +26,10 @@ COMPUTE="${CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE:-https://compute.googleapis.c
 COMPUTE="${COMPUTE%/}"
 INSTALL_DIR="${CLOUDRUN_INSTALL_DIR:-/var/lib/cloudrun}"
 BIN="${INSTALL_DIR}/bin/cloudrun-agent"
+CONSOLE="${CLOUDRUN_CONSOLE:-/dev/console}"
+# The agent's own directories live under the install dir, so that an emulated VM that
+# moves INSTALL_DIR into its private root gets them there too.
+AGENT_ARGS=(--work-dir "${INSTALL_DIR}/work" --state-dir "${INSTALL_DIR}/state" --console "$CONSOLE")
 UNIT=/etc/systemd/system/cloudrun-agent.service
 FETCH_ATTEMPTS="${CLOUDRUN_FETCH_ATTEMPTS:-8}"        # tries to fetch the agent before giving up
 FETCH_FIRST_PAUSE_SECS="${CLOUDRUN_FETCH_PAUSE_SECS:-5}" # first pause between tries (doubles)
@@ -132,7 +138,7 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-ExecStart=${BIN}
+ExecStart=${BIN} ${AGENT_ARGS[*]}
 Restart=always
 RestartSec=5
 StandardOutput=journal+console
@@ -155,7 +161,7 @@ start_detached() {
     log "agent already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  nohup setsid "$BIN" >>"${INSTALL_DIR}/agent.log" 2>&1 </dev/null &
+  nohup setsid "$BIN" "${AGENT_ARGS[@]}" >>"${INSTALL_DIR}/agent.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   log "agent started detached (pid $!)"
 }

@@ -306,6 +306,7 @@ impl Cli {
             agent_binary: l.agent_binary.clone(),
             prices: l.prices.clone(),
             env: (!env.is_empty()).then_some(env),
+            policies: None,
         }
     }
 

@@ -382,17 +382,27 @@ fn output_dirs(settings: &Settings) -> Vec<String> {
         })
 }
 
-fn idle_policy(settings: &Settings) -> IdlePolicy {
+/// The `[policies]` table of the settings files (the spec's own defaults without one);
+/// flags such as `--idle-minutes`, `--budget` and `--max-time` are applied on top.
+fn file_policies(settings: &Settings) -> Policies {
+    settings
+        .policies
+        .as_ref()
+        .map(|p| p.value.clone())
+        .unwrap_or_default()
+}
+
+fn idle_policy(settings: &Settings, base: &IdlePolicy) -> IdlePolicy {
     match settings.idle_minutes.as_ref().map(|s| s.value) {
         Some(0) => IdlePolicy {
             enabled: false,
-            ..IdlePolicy::default()
+            ..base.clone()
         },
         Some(m) => IdlePolicy {
             window_secs: m * 60,
-            ..IdlePolicy::default()
+            ..base.clone()
         },
-        None => IdlePolicy::default(),
+        None => base.clone(),
     }
 }
 
@@ -549,11 +559,14 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
             user: None,
             output_dirs,
         },
-        policies: Policies {
-            gpu_idle: idle_policy(settings),
-            budget_usd: None,
-            max_run_secs: agent_max,
-            ..Policies::default()
+        policies: {
+            let base = file_policies(settings);
+            Policies {
+                gpu_idle: idle_policy(settings, &base.gpu_idle),
+                budget_usd: None,
+                max_run_secs: agent_max,
+                ..base
+            }
         },
         price: PriceQuote {
             usd_per_hour: 0.0,
@@ -778,7 +791,8 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     }
     let cloud_max_run_secs = agent_max + CLOUD_DEADLINE_MARGIN_SECS;
 
-    let idle = idle_policy(settings);
+    let base_policies = file_policies(settings);
+    let idle = idle_policy(settings, &base_policies.gpu_idle);
 
     let prices_problem = settings
         .prices
@@ -831,7 +845,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             gpu_idle: idle,
             budget_usd: budget,
             max_run_secs: agent_max,
-            ..Policies::default()
+            ..base_policies
         },
         price: PriceQuote {
             usd_per_hour: estimate.usd_per_hour,

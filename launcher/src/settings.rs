@@ -68,6 +68,11 @@ pub struct Layer {
     pub prices: Option<PathBuf>,
     /// Environment for the job.
     pub env: Option<BTreeMap<String, String>>,
+    /// Advanced, file-only: the agent's stop policies and intervals in seconds, as in the
+    /// run spec's `policies` (e.g. `[policies] stall_window_secs = 600` or
+    /// `[policies.intervals] output_sync_secs = 30`). Keys left out keep their defaults;
+    /// `idle_minutes`, `budget` and `max_time` still win over what this sets.
+    pub policies: Option<cloudrun::spec::Policies>,
 }
 
 /// Where a value came from.
@@ -134,6 +139,7 @@ pub struct Settings {
     pub agent_binary: Option<Sourced<PathBuf>>,
     pub prices: Option<Sourced<PathBuf>>,
     pub env: BTreeMap<String, Sourced<String>>,
+    pub policies: Option<Sourced<cloudrun::spec::Policies>>,
     /// The files looked at, and whether each existed.
     pub files: Vec<(PathBuf, bool)>,
     /// Files that exist but could not be used; reported before anything else.
@@ -316,6 +322,7 @@ impl Settings {
             agent_binary: pick!(agent_binary, ENV_AGENT_BINARY),
             prices: pick!(prices),
             env: job_env,
+            policies: from_files!(policies),
             files,
             file_problems,
         }

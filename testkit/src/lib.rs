@@ -1,14 +1,18 @@
 //! Test support shared by every cloudrun test suite: starting the GCS emulators
 //! (fake-gcs-server, gcp-storage-emulator) on free loopback ports, stopping and
-//! restarting them mid-test, and a TCP proxy that cuts connections to inject faults.
+//! restarting them mid-test, a TCP proxy that cuts connections to inject faults, and
+//! [`gce`]: an emulated Compute Engine with a metadata server per instance that boots the
+//! startup script on this machine.
 //!
-//! It depends on nothing from cloudrun itself (so it cannot form a dev-dependency cycle)
-//! and uses only std: tests construct their own clients from the host it hands out.
+//! It depends on nothing from cloudrun itself (so it cannot form a dev-dependency cycle):
+//! tests construct their own clients from the host it hands out.
 //! The emulators come from the Python venv that `scripts/setup-test-env.sh` creates;
 //! when it is missing every helper panics with that instruction, so a test fails rather
 //! than silently skipping.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod gce;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -80,6 +84,49 @@ pub fn http(method: &str, port: u16, path: &str, body: &str) -> std::io::Result<
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Status, response headers (lower-case names) and body.
+pub type HttpReply = (u16, Vec<(String, String)>, String);
+
+/// An HTTP/1.1 exchange with extra request headers: status, response headers (names in
+/// lower case) and body.
+pub fn http_with(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<HttpReply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(HTTP_READ_TIMEOUT_SECS)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let hdrs = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, hdrs, body.to_string()))
+}
+
+/// How long [`http_with`] waits for a reply, in seconds (long polls in tests stay below).
+pub const HTTP_READ_TIMEOUT_SECS: u64 = 90;
 
 fn wait_ready(port: u16, path: &str, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(EMULATOR_START_TIMEOUT_SECS);

@@ -1,0 +1,255 @@
+//! Fault-matrix items 8–17 (issue 4) with the real binaries on the emulated VM: the agent
+//! killed and restarted, the store unreachable mid-run and at the end, deletes that fail,
+//! zone stock-outs, quotas, `stop` and `sweep`. Each test says where the VM went and
+//! checks that every checkpoint written on it is in the store (or on a kept disk).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+
+use std::time::Duration;
+
+use cloudrun_testkit::gce::{GceConfig, ZoneState};
+use e2e::{reason, text, World, WorldOpts};
+
+/// How long the store stays unreachable in item 9, in seconds (the issue's 30 s).
+const GCS_OUTAGE_SECS: u64 = 30;
+
+fn one_delete(w: &World, vm: &str) {
+    let d = w.deletes(vm);
+    if d.len() != 1 {
+        w.dump(vm);
+    }
+    assert_eq!(d.len(), 1, "{d:?}");
+}
+
+fn kill9(pid: &str) {
+    let st = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn m08_agent_killed_mid_run_is_restarted_and_still_cleans_up() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "12", "1"]);
+    w.wait_for("the job to run", &vm, || {
+        w.status(&run).is_some_and(|s| s["phase"] == "running") && w.vm_outputs(&vm).len() >= 2
+    });
+    let pidfile = w
+        .emu
+        .vm_root(&vm)
+        .unwrap()
+        .join("var/lib/cloudrun/agent.pid");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    kill9(&pid);
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    assert!(
+        w.emu
+            .events()
+            .iter()
+            .any(|e| e.instance.contains(&vm) && e.what.contains("Restart=always")),
+        "the agent was not restarted"
+    );
+    // The restarted agent adopted the job; only the dead agent could see its exit code.
+    assert!(matches!(reason(&st), "lost" | "succeeded"), "{st}");
+    one_delete(&w, &vm);
+    w.assert_outputs_in_store(&run, &vm);
+}
+
+#[test]
+fn m09_store_unreachable_for_30s_mid_run_job_continues_nothing_lost() {
+    let mut w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "45", "1"]);
+    w.wait_for("the job to run", &vm, || {
+        w.status(&run).is_some_and(|s| s["phase"] == "running") && w.vm_outputs(&vm).len() >= 3
+    });
+    let before = w.vm_outputs(&vm).len();
+    w.gcs.stop();
+    std::thread::sleep(Duration::from_secs(GCS_OUTAGE_SECS));
+    let during = w.vm_outputs(&vm).len();
+    assert!(
+        during > before + 10,
+        "the job did not go on while the store was down"
+    );
+    w.gcs.restart();
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    w.wait_gone(&vm);
+    one_delete(&w, &vm);
+    assert_eq!(w.assert_outputs_in_store(&run, &vm), 46);
+}
+
+/// Left out: with the store down at the end, the agent's final sync, log and metrics
+/// flushes each wait up to `FINAL_SYNC_DEADLINE_SECS` (1800 s, retrying every call for
+/// ~30 s) before it keeps the boot disk, so the test would take over half an hour. It
+/// needs a shorter, configurable final-sync deadline in the agent first.
+#[test]
+#[ignore = "the agent waits up to 30 min for the store before keeping the disk"]
+fn m10_store_unreachable_at_the_end_keeps_the_boot_disk_and_names_it() {
+    let mut w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "8", "1"]);
+    w.wait_for("checkpoint 6 on the VM", &vm, || {
+        w.vm_outputs(&vm).len() >= 6
+    });
+    w.gcs.stop();
+    // The agent cannot verify the final sync: it keeps the boot disk first.
+    w.wait_for("setDiskAutoDelete", &vm, || {
+        !w.emu.calls_to("POST", "/setDiskAutoDelete").is_empty()
+    });
+    w.gcs.restart();
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    assert_eq!(st["kept_disk"], vm.as_str(), "{st}");
+    assert_eq!(w.emu.kept_disks(), vec![vm.clone()]);
+    one_delete(&w, &vm);
+    // Accounted for: every checkpoint is on the kept disk (the VM's root).
+    assert_eq!(w.vm_outputs(&vm).len(), 9);
+}
+
+#[test]
+fn m11a_delete_refused_powers_off_and_records_it() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "2", "1"]);
+    w.emu
+        .fail_next("DELETE", &format!("/instances/{vm}"), 403, 1000);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    w.wait_for("the power-off", &vm, || {
+        w.emu
+            .instance(&vm)
+            .is_some_and(|i| i.status == "TERMINATED")
+    });
+    w.wait_for("the fate in the status", &vm, || {
+        w.status(&run).is_some_and(|s| s["vm"] == "powered_off")
+    });
+    assert_eq!(w.emu.calls_to("POST", "/stop").len(), 1);
+    w.assert_outputs_in_store(&run, &vm);
+    // A stopped VM is not deleted by maxRunDuration (the deadline is cleared on stop):
+    // `sweep` takes it.
+    w.emu.clear_faults();
+    let out = w.run(&["sweep", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    w.wait_gone(&vm);
+}
+
+#[test]
+fn m11b_delete_and_power_off_refused_the_deadline_deletes_it() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            max_run_duration_cap: Some(Duration::from_secs(40)),
+            ..GceConfig::default()
+        },
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["ok", "2", "1"]);
+    w.emu
+        .fail_next("DELETE", &format!("/instances/{vm}"), 403, 1000);
+    w.emu
+        .fail_next("POST", &format!("/instances/{vm}/stop"), 403, 1000);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    w.wait_gone(&vm);
+    assert!(w
+        .emu
+        .events()
+        .iter()
+        .any(|e| e.instance.contains(&vm) && e.what.contains("maxRunDuration")));
+    let st = w.status(&run).unwrap();
+    assert!(
+        st["warnings"].to_string().contains("maxRunDuration"),
+        "{st}"
+    );
+    w.assert_outputs_in_store(&run, &vm);
+}
+
+#[test]
+fn m12_zone_stockout_then_success_in_the_next_zone() {
+    let w = World::new(WorldOpts {
+        toml: "zones = [\"us-west1-a\", \"us-central1-a\"]\n".into(),
+        ..WorldOpts::default()
+    });
+    w.emu.set_zone("us-west1-a", ZoneState::OutOfCapacity);
+    let (run, vm) = w.launch(&["ok", "2", "1"]);
+    let inst = w.emu.instance(&vm).unwrap();
+    assert_eq!(inst.zone, "us-central1-a");
+    assert_eq!(w.emu.calls_to("POST", "/instances").len(), 2);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    w.wait_gone(&vm);
+    one_delete(&w, &vm);
+    w.assert_outputs_in_store(&run, &vm);
+}
+
+#[test]
+fn m13_quota_exceeded_clear_message_no_vm() {
+    let w = World::new(WorldOpts {
+        toml: "zones = [\"us-central1-a\", \"us-east1-b\"]\n".into(),
+        ..WorldOpts::default()
+    });
+    w.emu.set_zone(
+        "us-central1-a",
+        ZoneState::QuotaExceeded("GPUS_ALL_REGIONS".into()),
+    );
+    let out = w.run(&["train.py"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("GPUS_ALL_REGIONS") && t.contains("console.cloud.google.com/iam-admin/quotas"),
+        "{t}"
+    );
+    assert!(w.emu.instances().is_empty());
+    assert_eq!(
+        w.emu.calls_to("POST", "/instances").len(),
+        1,
+        "GPUS_ALL_REGIONS stops the search"
+    );
+}
+
+#[test]
+fn m16_stop_from_the_launcher_is_graceful_and_syncs_outputs() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["forever", "0", "1"]);
+    w.wait_for("the job to run", &vm, || {
+        w.status(&run).is_some_and(|s| s["phase"] == "running") && w.vm_outputs(&vm).len() >= 3
+    });
+    let out = w.run(&["stop", &run]);
+    assert!(out.status.success(), "{}", text(&out));
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "stopped", "{st}");
+    w.wait_gone(&vm);
+    one_delete(&w, &vm);
+    w.assert_outputs_in_store(&run, &vm);
+}
+
+#[test]
+fn m17_sweep_deletes_a_vm_whose_run_ended_but_is_still_up() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "2", "1"]);
+    w.emu
+        .fail_next("DELETE", &format!("/instances/{vm}"), 403, 1000);
+    w.emu
+        .fail_next("POST", &format!("/instances/{vm}/stop"), 403, 1000);
+    w.wait_for("the run to end with its VM still up", &vm, || {
+        w.status(&run).is_some_and(|s| {
+            s["phase"] == "ended" && s["warnings"].to_string().contains("maxRunDuration")
+        })
+    });
+    assert_eq!(w.emu.instance(&vm).unwrap().status, "RUNNING");
+    w.emu.clear_faults();
+    let dry = w.run(&["sweep"]);
+    assert!(
+        text(&dry).contains(&vm) && text(&dry).contains("run ended"),
+        "{}",
+        text(&dry)
+    );
+    assert!(w.emu.instance(&vm).is_some(), "sweep without --yes deleted");
+    let out = w.run(&["sweep", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    w.wait_gone(&vm);
+    w.assert_outputs_in_store(&run, &vm);
+}

@@ -1,0 +1,212 @@
+//! Whole flow with the real binaries on an emulated VM: `cloudrun-launch` creates the VM
+//! in the Compute emulator, the VM boots the startup script, which fetches and starts the
+//! real `cloudrun-agent`, which pulls the code from fake-gcs-server, runs `train.py`,
+//! ships logs and checkpoints, applies its stop policies and deletes its own VM. Then
+//! `status`, `logs` and `pull` read it all back. Fault-matrix items 1–8 (issue 4).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+
+use cloudrun_testkit::gce::{GceConfig, GpuMode};
+use e2e::{reason, text, World, WorldOpts};
+
+#[test]
+fn happy_path_job_exits_outputs_verified_vm_deleted_once_after_final_sync() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["ok", "4", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    assert!(st["receipt"].is_object(), "{st}");
+    let n = w.assert_outputs_in_store(&run, &vm);
+    assert_eq!(n, 5, "4 checkpoints and the model");
+
+    // Deleted exactly once, and only after the final status was written.
+    let deletes = w.deletes(&vm);
+    if deletes.len() != 1 {
+        w.dump(&vm);
+    }
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(w
+        .emu
+        .events()
+        .iter()
+        .any(|e| e.instance == vm && e.what.starts_with("deleted: deleted through the API")));
+
+    let status = w.run(&["status", &run]);
+    let s = text(&status);
+    assert!(status.status.success(), "{s}");
+    assert!(
+        s.contains("job succeeded") && s.contains("receipt") && s.contains("gone"),
+        "{s}"
+    );
+
+    let logs = w.run(&["logs", &run]);
+    let l = String::from_utf8_lossy(&logs.stdout).to_string();
+    for i in 1..=4 {
+        assert!(
+            l.contains(&format!("step {i}\n")),
+            "step {i} missing from the log:\n{l}"
+        );
+    }
+    assert!(l.contains("done"), "{l}");
+
+    let into = w.home.path().join("pulled");
+    let pull = w.run(&["pull", &run, "--into", into.to_str().unwrap()]);
+    assert!(pull.status.success(), "{}", text(&pull));
+    for (rel, bytes) in w.vm_outputs(&vm) {
+        let got = std::fs::read_to_string(into.join(&rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", text(&pull)));
+        assert!(got == bytes, "{rel} pulled differs");
+    }
+}
+
+/// Every fault test: the VM is gone, deleted through the API exactly once, and every
+/// checkpoint written on it is in the store.
+fn assert_cleaned_up(w: &World, run: &str, vm: &str) {
+    w.wait_gone(vm);
+    let deletes = w.deletes(vm);
+    if deletes.len() != 1 {
+        w.dump(vm);
+    }
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    w.assert_outputs_in_store(run, vm);
+}
+
+#[test]
+fn m01_training_exits_non_zero_status_failed_outputs_kept_vm_deleted() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["fail", "3", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "failed", "{st}");
+    assert_eq!(st["end"]["exit_code"], 3, "{st}");
+    assert_cleaned_up(&w, &run, &vm);
+    let logs = String::from_utf8_lossy(&w.run(&["logs", &run]).stdout).to_string();
+    assert!(logs.contains("boom"), "{logs}");
+}
+
+#[test]
+fn m02_training_hangs_stall_window_stops_it() {
+    let w = World::new(WorldOpts {
+        policies: "stall_window_secs = 6".into(),
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["hang", "2", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "stalled", "{st}");
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+#[test]
+fn m03_gpu_idle_after_busy_stops_the_run() {
+    let w = World::new(WorldOpts::default());
+    let (run, vm) = w.launch(&["forever", "0", "1"]);
+    w.wait_for("the job to run with a busy GPU", &vm, || {
+        w.status(&run)
+            .is_some_and(|s| s["phase"] == "running" && s["last_gpu"].is_object())
+    });
+    w.emu.set_gpu(GpuMode::Idle);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "gpu_idle", "{st}");
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+#[test]
+fn m04_failing_nvidia_smi_never_counts_as_idle() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            gpu: GpuMode::Failing,
+            ..GceConfig::default()
+        },
+        ..WorldOpts::default()
+    });
+    // Runs well past the 8 s idle window with every sample failing.
+    let (run, vm) = w.launch(&["ok", "14", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+/// The quoted price, from the spec inside a `--dry-run` body.
+fn quoted_usd_per_hour(w: &World) -> f64 {
+    let out = w.run(&["--dry-run", "train.py"]);
+    let body: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let items = body["metadata"]["items"].as_array().unwrap();
+    let spec = items.iter().find(|i| i["key"] == "cloudrun-spec").unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let spec: serde_json::Value = serde_json::from_str(spec).unwrap();
+    spec["price"]["usd_per_hour"].as_f64().unwrap()
+}
+
+#[test]
+fn m05_budget_reached_stops_the_run() {
+    let w = World::new(WorldOpts::default());
+    // The smallest budget the launcher takes: just over Compute's one-minute minimum.
+    // A budget needs a complete price: the VM part of g2 is not in the built-in table.
+    std::fs::write(
+        w.project.path().join("prices.toml"),
+        "taken = \"2026-11-01\"\n[machine.g2-standard-8]\non_demand = 0.30\n",
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(w.project.path().join("cloudrun.toml")).unwrap();
+    std::fs::write(
+        w.project.path().join("cloudrun.toml"),
+        format!("prices = \"prices.toml\"\n{toml}"),
+    )
+    .unwrap();
+    let budget = quoted_usd_per_hour(&w) * 62.0 / 3600.0;
+    let toml = std::fs::read_to_string(w.project.path().join("cloudrun.toml")).unwrap();
+    std::fs::write(
+        w.project.path().join("cloudrun.toml"),
+        format!("budget = {budget}\n{toml}"),
+    )
+    .unwrap();
+    let (run, vm) = w.launch(&["forever", "0", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "budget", "{st}");
+    assert!(
+        st["receipt"]["total_usd"].as_f64().unwrap() <= budget * 1.2,
+        "{st}"
+    );
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+#[test]
+fn m06_max_time_reached_stops_the_run() {
+    let w = World::new(WorldOpts {
+        toml: "zones = [\"us-central1-a\"]\nmax_time = \"30s\"\n".into(),
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["forever", "0", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "max_time", "{st}");
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+#[test]
+fn m07_preemption_notice_syncs_changed_files_and_ends_preempted() {
+    let w = World::new(WorldOpts {
+        toml: "zones = [\"us-central1-a\"]\nspot = true\n".into(),
+        // A long output interval: only the final sync can have the last checkpoints.
+        policies: String::new(),
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["forever", "0", "1"]);
+    w.wait_for("a few checkpoints", &vm, || {
+        w.status(&run).is_some_and(|s| s["phase"] == "running") && w.vm_outputs(&vm).len() >= 3
+    });
+    let t = std::time::Instant::now();
+    w.emu.preempt(&vm);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "preempted", "{st}");
+    // Everything on the disk when the VM went down is in the store (the notice is 30 s).
+    w.wait_gone(&vm);
+    assert!(
+        t.elapsed().as_secs() <= 60,
+        "the VM outlived the 30 s notice by far"
+    );
+    w.assert_outputs_in_store(&run, &vm);
+}

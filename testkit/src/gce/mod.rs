@@ -1,0 +1,493 @@
+//! An emulated Compute Engine (v1 REST) with a metadata server per instance, for whole-flow
+//! tests and benchmarks. Nothing on any registry emulates either faithfully
+//! (reference/emulators.md §3), so this one reproduces the real service's quirks
+//! (reference/gcp-api.md §1–2):
+//!
+//! - Operations move PENDING → RUNNING → DONE over time; `zoneOperations.wait` hangs at
+//!   most [`GceConfig::wait_hang`] and may return before DONE; capacity and quota
+//!   failures arrive late, as a DONE Operation with `error.errors`; a `requestId` seen
+//!   before returns the first Operation; int64 fields are JSON strings; 401/404/409/412
+//!   bodies use Google's error envelope; `setMetadata` checks the fingerprint.
+//! - Each instance gets its own metadata server on its own loopback port (a real VM sees
+//!   exactly one server at one address, so `GCE_METADATA_HOST=127.0.0.1:PORT` is all the
+//!   guest needs; no routing header that the real server does not have).
+//! - **Booting**: a RUNNING instance runs its `startup-script` as a child process in a
+//!   private root directory, the way the guest agent does, with the environment the
+//!   cloudrun startup script honours pointed at this emulator, the test's GCS emulator and
+//!   an `nvidia-smi` stand-in ([`GpuMode`]). Every process of the VM carries a marker
+//!   variable; deleting, stopping, preempting or the `maxRunDuration` deadline signals all
+//!   of them (SIGTERM, grace, SIGKILL), as the cloud's power-off would. Without systemd the
+//!   emulator plays its `Restart=always` part by re-running the startup script when the
+//!   agent died while the VM runs.
+//!
+//! Every Compute call is recorded ([`Call`]) so tests can assert counts and orders. Test
+//! knobs: zone stock-outs and quotas ([`ZoneState`]), failing any call N times
+//! ([`GceEmulator::fail_next`]), preemption ([`GceEmulator::preempt`]), GPU replies.
+//!
+//! It must not depend on the `cloudrun` crate (a dev-dependency cycle): it speaks JSON.
+
+mod compute;
+mod metadata;
+mod vm;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+pub use vm::GpuMode;
+
+/// Longest `zoneOperations.wait` hangs by default, in milliseconds (the real one: up to
+/// 2 minutes, or less, "best effort"; short here so callers' loops are exercised).
+pub const DEFAULT_WAIT_HANG_MILLIS: u64 = 1000;
+/// Default time an Operation stays PENDING, in milliseconds.
+pub const DEFAULT_OP_PENDING_MILLIS: u64 = 300;
+/// Default time an Operation stays RUNNING, in milliseconds.
+pub const DEFAULT_OP_RUNNING_MILLIS: u64 = 700;
+/// Default time between SIGTERM (ACPI soft-off) and SIGKILL when a VM goes down, in
+/// milliseconds (GCE: up to 90 s for standard VMs; short in tests).
+pub const DEFAULT_SHUTDOWN_GRACE_MILLIS: u64 = 3000;
+/// Default time between a preemption notice and the hard stop, in seconds (GCE: ~30 s).
+pub const DEFAULT_PREEMPT_NOTICE_SECS: u64 = 30;
+/// Default delay between `instance/preempted` turning TRUE and the ACPI soft-off
+/// (SIGTERM) reaching the guest, in milliseconds.
+pub const DEFAULT_PREEMPT_ACPI_DELAY_MILLIS: u64 = 1000;
+/// Default pause before the emulated `Restart=always` re-runs a dead agent, in
+/// milliseconds (the cloudrun unit says `RestartSec=5`).
+pub const DEFAULT_RESTART_MILLIS: u64 = 2000;
+/// Project number used in `instance/zone` and service-account e-mails.
+pub const DEFAULT_PROJECT_NUMBER: u64 = 123_456_789_012;
+
+/// How the emulator behaves.
+#[derive(Debug, Clone)]
+pub struct GceConfig {
+    /// The only project the API knows (`test-proj`).
+    pub project: String,
+    pub project_number: u64,
+    /// `STORAGE_EMULATOR_HOST` for the VMs (`http://127.0.0.1:PORT`).
+    pub storage_host: Option<String>,
+    /// Run the startup script of RUNNING instances.
+    pub boot: bool,
+    pub op_pending: Duration,
+    pub op_running: Duration,
+    pub wait_hang: Duration,
+    pub shutdown_grace: Duration,
+    pub preempt_notice: Duration,
+    pub preempt_acpi_delay: Duration,
+    /// `None`: no emulated `Restart=always`.
+    pub restart_after: Option<Duration>,
+    /// Tests compress the cloud's deadline: `maxRunDuration` is enforced after
+    /// `min(maxRunDuration, cap)`.
+    pub max_run_duration_cap: Option<Duration>,
+    /// What the `nvidia-smi` stand-in answers on new VMs.
+    pub gpu: GpuMode,
+    /// Extra environment for the VMs' processes (e.g. `RUST_LOG`).
+    pub vm_env: Vec<(String, String)>,
+    /// Image families that `images.getFromFamily` answers 404 for (retired).
+    pub retired_families: Vec<String>,
+}
+
+impl Default for GceConfig {
+    fn default() -> Self {
+        GceConfig {
+            project: "test-proj".into(),
+            project_number: DEFAULT_PROJECT_NUMBER,
+            storage_host: None,
+            boot: true,
+            op_pending: Duration::from_millis(DEFAULT_OP_PENDING_MILLIS),
+            op_running: Duration::from_millis(DEFAULT_OP_RUNNING_MILLIS),
+            wait_hang: Duration::from_millis(DEFAULT_WAIT_HANG_MILLIS),
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MILLIS),
+            preempt_notice: Duration::from_secs(DEFAULT_PREEMPT_NOTICE_SECS),
+            preempt_acpi_delay: Duration::from_millis(DEFAULT_PREEMPT_ACPI_DELAY_MILLIS),
+            restart_after: Some(Duration::from_millis(DEFAULT_RESTART_MILLIS)),
+            max_run_duration_cap: None,
+            gpu: GpuMode::Busy,
+            vm_env: Vec::new(),
+            retired_families: Vec::new(),
+        }
+    }
+}
+
+/// What a zone does with inserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneState {
+    Available,
+    /// `ZONE_RESOURCE_POOL_EXHAUSTED`, late, in the Operation.
+    OutOfCapacity,
+    /// `QUOTA_EXCEEDED` for this quota (e.g. `NVIDIA_L4_GPUS` or `GPUS_ALL_REGIONS`),
+    /// late, in the Operation.
+    QuotaExceeded(String),
+}
+
+/// One recorded Compute API call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    /// Path without the query, e.g. `/compute/v1/projects/p/zones/z/instances/n`.
+    pub path: String,
+    pub query: String,
+    pub request_id: Option<String>,
+    pub at: SystemTime,
+    pub status: u16,
+}
+
+/// Something that happened to a VM (boot, signals, deletion, deadline, preemption).
+#[derive(Debug, Clone)]
+pub struct VmEvent {
+    pub at: SystemTime,
+    pub instance: String,
+    pub what: String,
+}
+
+/// A snapshot of one instance for assertions.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub name: String,
+    pub zone: String,
+    pub status: String,
+    /// `127.0.0.1:PORT` of its metadata server.
+    pub metadata_host: String,
+    /// Its private root directory (kept after deletion, until the emulator is dropped,
+    /// so tests can compare what the job wrote with what reached the store).
+    pub root: Option<PathBuf>,
+    pub preempted: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+struct Fault {
+    method: String,
+    path_contains: String,
+    status: u16,
+    left: u32,
+}
+
+pub(crate) struct Inst {
+    pub id: u64,
+    pub name: String,
+    pub zone: String,
+    /// The insert body (what the caller sent), the base of every GET.
+    pub body: Value,
+    pub status: String,
+    pub created: String,
+    pub items: Vec<(String, String)>,
+    pub fingerprint: String,
+    pub preempted: bool,
+    /// Bumped on every metadata or preemption change; wakes `wait_for_change`.
+    pub version: tokio::sync::watch::Sender<u64>,
+    pub md_port: u16,
+    pub md_task: Option<tokio::task::AbortHandle>,
+    pub vm: Option<vm::Vm>,
+    pub deadline_task: Option<tokio::task::AbortHandle>,
+    /// Set once the VM is going down: no more restarts of the agent.
+    pub going_down: bool,
+}
+
+pub(crate) struct State {
+    pub instances: BTreeMap<String, Inst>,
+    pub ops: HashMap<String, compute::Op>,
+    pub by_request: HashMap<String, String>,
+    pub zones: HashMap<String, ZoneState>,
+    faults: Vec<Fault>,
+    pub calls: Vec<Call>,
+    pub events: Vec<VmEvent>,
+    pub kept_disks: Vec<String>,
+    pub gpu: GpuMode,
+    /// Roots of deleted VMs, kept for assertions.
+    pub old_roots: BTreeMap<String, PathBuf>,
+}
+
+pub(crate) struct Shared {
+    pub cfg: GceConfig,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub st: Mutex<State>,
+    next_id: AtomicU64,
+    pub rt: tokio::runtime::Handle,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// `http://127.0.0.1:PORT/compute/v1/`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/compute/v1/", self.port)
+    }
+
+    pub fn event(&self, instance: &str, what: impl Into<String>) {
+        let what = what.into();
+        if std::env::var_os("CLOUDRUN_GCE_EMULATOR_TRACE").is_some() {
+            eprintln!("gce-emulator: {instance}: {what}");
+        }
+        self.lock().events.push(VmEvent {
+            at: SystemTime::now(),
+            instance: instance.to_string(),
+            what,
+        });
+    }
+
+    /// Consume one armed fault matching this call, if any.
+    fn take_fault(&self, method: &str, path: &str) -> Option<u16> {
+        let mut st = self.lock();
+        let f = st.faults.iter_mut().find(|f| {
+            f.left > 0 && f.method.eq_ignore_ascii_case(method) && path.contains(&f.path_contains)
+        })?;
+        f.left -= 1;
+        Some(f.status)
+    }
+}
+
+/// The running emulator. Dropping it kills every VM's processes and stops the servers.
+pub struct GceEmulator {
+    shared: Arc<Shared>,
+    rt: Option<tokio::runtime::Runtime>,
+    _dir: crate::TempDir,
+}
+
+impl GceEmulator {
+    /// Start on a free loopback port.
+    pub fn start(cfg: GceConfig) -> GceEmulator {
+        let dir = crate::TempDir::new("gce");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("gce-emulator")
+            .build()
+            .expect("start the emulator's runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the Compute port");
+        let port = listener.local_addr().expect("local addr").port();
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            port,
+            dir: dir.path().to_path_buf(),
+            st: Mutex::new(State {
+                instances: BTreeMap::new(),
+                ops: HashMap::new(),
+                by_request: HashMap::new(),
+                zones: HashMap::new(),
+                faults: Vec::new(),
+                calls: Vec::new(),
+                events: Vec::new(),
+                kept_disks: Vec::new(),
+                gpu: cfg.gpu,
+                old_roots: BTreeMap::new(),
+            }),
+            next_id: AtomicU64::new(1_000_000_000_000 + u64::from(port)),
+            rt: rt.handle().clone(),
+        });
+        let app = compute::router(shared.clone());
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GceEmulator {
+            shared,
+            rt: Some(rt),
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/compute/v1/`, for `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`.
+    pub fn compute_url(&self) -> String {
+        self.shared.base()
+    }
+
+    /// The Compute port (also serves the OAuth token endpoint at `/token`).
+    pub fn port(&self) -> u16 {
+        self.shared.port
+    }
+
+    /// The project the API knows.
+    pub fn project(&self) -> &str {
+        &self.shared.cfg.project
+    }
+
+    /// Write a service-account key file whose `token_uri` is this emulator's `/token`
+    /// (a fresh RSA key from `openssl`, so JWT signing clients work unchanged).
+    pub fn write_service_account_key(&self, path: &Path) {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("run openssl to make a test key");
+        assert!(out.status.success(), "openssl genpkey failed");
+        let pem = String::from_utf8(out.stdout).expect("PEM is text");
+        let key = serde_json::json!({
+            "type": "service_account",
+            "project_id": self.shared.cfg.project,
+            "private_key_id": "emulated",
+            "private_key": pem,
+            "client_email": format!("launcher@{}.iam.gserviceaccount.com", self.shared.cfg.project),
+            "client_id": "1",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": format!("http://127.0.0.1:{}/token", self.shared.port),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&key).expect("json")).expect("write key");
+    }
+
+    /// Make inserts into `zone` succeed, run out of capacity, or hit a quota.
+    pub fn set_zone(&self, zone: &str, state: ZoneState) {
+        self.shared.lock().zones.insert(zone.to_string(), state);
+    }
+
+    /// The next `times` calls with `method` whose path contains `path_contains` fail with
+    /// `status` in Google's error envelope: 500, 503 and 429 are transient; 403 is a
+    /// permission the caller lacks (not retried by any client).
+    pub fn fail_next(&self, method: &str, path_contains: &str, status: u16, times: u32) {
+        self.shared.lock().faults.push(Fault {
+            method: method.to_string(),
+            path_contains: path_contains.to_string(),
+            status,
+            left: times,
+        });
+    }
+
+    /// Disarm every fault armed with [`GceEmulator::fail_next`].
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Every Compute call so far, in arrival order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// Calls with `method` whose path ends with `suffix`.
+    pub fn calls_to(&self, method: &str, suffix: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method && c.path.ends_with(suffix))
+            .collect()
+    }
+
+    /// What happened to the VMs, in order.
+    pub fn events(&self) -> Vec<VmEvent> {
+        self.shared.lock().events.clone()
+    }
+
+    /// Every instance that exists now (any status).
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let st = self.shared.lock();
+        st.instances.values().map(info).collect()
+    }
+
+    /// One instance by name, if it exists.
+    pub fn instance(&self, name: &str) -> Option<InstanceInfo> {
+        self.instances().into_iter().find(|i| i.name == name)
+    }
+
+    /// The private root of a VM, also after it was deleted.
+    pub fn vm_root(&self, name: &str) -> Option<PathBuf> {
+        let st = self.shared.lock();
+        st.instances
+            .values()
+            .find(|i| i.name == name)
+            .and_then(|i| i.vm.as_ref().map(|v| v.root.clone()))
+            .or_else(|| st.old_roots.get(name).cloned())
+    }
+
+    /// Boot disks that outlived their instance (`setDiskAutoDelete false`).
+    pub fn kept_disks(&self) -> Vec<String> {
+        self.shared.lock().kept_disks.clone()
+    }
+
+    /// What the `nvidia-smi` stand-in answers: on every VM now and on new ones.
+    pub fn set_gpu(&self, mode: GpuMode) {
+        let roots: Vec<PathBuf> = {
+            let mut st = self.shared.lock();
+            st.gpu = mode;
+            st.instances
+                .values()
+                .filter_map(|i| i.vm.as_ref().map(|v| v.root.clone()))
+                .collect()
+        };
+        for r in roots {
+            vm::write_gpu_mode(&r, mode);
+        }
+    }
+
+    /// Preempt a Spot VM: `instance/preempted` turns TRUE at once, the guest gets SIGTERM
+    /// after the ACPI delay, and after the notice the VM is stopped hard and its
+    /// termination action (DELETE) applied.
+    pub fn preempt(&self, name: &str) {
+        vm::preempt(&self.shared, name);
+    }
+
+    /// The serial console (startup script output, agent console lines) of a VM.
+    pub fn serial_output(&self, name: &str) -> String {
+        self.vm_root(name)
+            .map(|r| {
+                let mut s = std::fs::read_to_string(r.join("serial.log")).unwrap_or_default();
+                s.push_str(&std::fs::read_to_string(r.join("serial-console")).unwrap_or_default());
+                s
+            })
+            .unwrap_or_default()
+    }
+
+    /// Pids of a VM's live processes.
+    pub fn vm_pids(&self, name: &str) -> Vec<i32> {
+        let tag = {
+            let st = self.shared.lock();
+            st.instances
+                .values()
+                .find(|i| i.name == name)
+                .and_then(|i| i.vm.as_ref().map(|v| v.tag.clone()))
+        };
+        tag.map(|t| vm::tree_pids(&t)).unwrap_or_default()
+    }
+}
+
+fn info(i: &Inst) -> InstanceInfo {
+    InstanceInfo {
+        name: i.name.clone(),
+        zone: i.zone.clone(),
+        status: i.status.clone(),
+        metadata_host: format!("127.0.0.1:{}", i.md_port),
+        root: i.vm.as_ref().map(|v| v.root.clone()),
+        preempted: i.preempted,
+        labels: i.body["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+impl Drop for GceEmulator {
+    fn drop(&mut self) {
+        let tags: Vec<String> = {
+            let mut st = self.shared.lock();
+            st.instances
+                .values_mut()
+                .filter_map(|i| {
+                    i.going_down = true;
+                    i.vm.as_ref().map(|v| v.tag.clone())
+                })
+                .collect()
+        };
+        for t in tags {
+            vm::kill_tree(&t, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
