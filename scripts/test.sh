@@ -8,6 +8,11 @@ scripts/setup-test-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The whole-flow tests run the real agent; cargo test never builds its executable, so
+# build it once here (the tests would otherwise build it themselves on first use).
+cargo build --locked -p cloudrun-agent --bin cloudrun-agent
+export CLOUDRUN_AGENT_BINARY=$PWD/target/debug/cloudrun-agent
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

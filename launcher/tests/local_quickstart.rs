@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// How long a local run may take to show up as running, in seconds (agent start + pull).
 const RUN_START_SECS: u64 = 60;
 
+#[path = "support/agent.rs"]
+mod agent;
+use agent::agent_binary;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -61,11 +65,11 @@ impl Home {
             "VM_INSTANCE",
             "VM_USER",
             "CLOUDRUN_PROVIDER",
-            "CLOUDRUN_AGENT_BINARY",
             "STORAGE_EMULATOR_HOST",
         ] {
             c.env_remove(var);
         }
+        c.env("CLOUDRUN_AGENT_BINARY", agent_binary());
         c.env(
             "RUSTUP_HOME",
             std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup")),
@@ -141,7 +145,6 @@ fn readme_first_command_runs_the_quickstart_end_to_end() {
     let root = repo_root();
     let started = Instant::now();
     // The same command, pointed at the binaries this test build already made.
-    ensure_agent(&home);
     let out = home
         .command(Path::new("bash"))
         .current_dir(&root)
@@ -194,21 +197,6 @@ fn slow_project(dir: &Path) {
     .unwrap();
 }
 
-/// The agent beside the launcher under test. `cargo test --workspace` builds it with the
-/// same features as the launcher; only when this package is tested alone is it built here.
-fn ensure_agent(home: &Home) {
-    if launcher().with_file_name("cloudrun-agent").exists() {
-        return;
-    }
-    let out = home
-        .command(Path::new("cargo"))
-        .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", "cloudrun-agent"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-}
-
 fn wait_running(home: &Home, cwd: &Path, run: &str) {
     let deadline = Instant::now() + Duration::from_secs(RUN_START_SECS);
     while Instant::now() < deadline {
@@ -224,7 +212,6 @@ fn wait_running(home: &Home, cwd: &Path, run: &str) {
 #[test]
 fn bad_input_is_refused_with_the_fix_and_an_earlier_run_is_untouched() {
     let home = Home::new();
-    ensure_agent(&home);
     let work = home.path().join("proj");
     slow_project(&work);
 

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cloudrun_testkit::gce::{GceConfig, GceEmulator};
@@ -80,40 +79,9 @@ log_flush_secs = 1
 stop_poll_secs = 1
 "#;
 
-/// The agent binary at `target/<profile>/cloudrun-agent`, built once per test process.
-///
-/// Cargo builds only this package's binaries for its integration tests
-/// (`CARGO_BIN_EXE_*`); a dev-dependency on `cloudrun-agent` would build its library, not
-/// its binary. So the first test that needs it runs `cargo build -p cloudrun-agent` with
-/// the same cargo and target dir (a no-op when it is fresh), and every later one reuses it.
-/// `CLOUDRUN_AGENT_BINARY` skips the build (CI can build it first).
-pub fn agent_binary() -> PathBuf {
-    static AGENT: OnceLock<PathBuf> = OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("CLOUDRUN_AGENT_BINARY") {
-                return PathBuf::from(p);
-            }
-            let launcher = PathBuf::from(env!("CARGO_BIN_EXE_cloudrun-launch"));
-            let dir = launcher.parent().expect("target dir").to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "cloudrun-agent", "--bin", "cloudrun-agent"])
-                .current_dir(cloudrun_testkit::workspace_root());
-            if dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            let st = cmd.status().expect("run cargo build -p cloudrun-agent");
-            assert!(
-                st.success(),
-                "cargo build -p cloudrun-agent failed; build it yourself or set CLOUDRUN_AGENT_BINARY"
-            );
-            let agent = dir.join("cloudrun-agent");
-            assert!(agent.exists(), "{} is missing after the build", agent.display());
-            agent
-        })
-        .clone()
-}
+#[path = "../support/agent.rs"]
+mod agent;
+pub use agent::agent_binary;
 
 /// One test's world: store, cloud, project folder, credentials.
 pub struct World {
