@@ -168,8 +168,9 @@ pub struct InstanceRef {
 pub enum VmFate {
     /// The delete call was accepted.
     Deleted,
-    /// Every delete failed; the VM was powered off (the boot disk still bills until
-    /// `maxRunDuration` deletes the VM, or `sweep` does).
+    /// Every delete failed; the VM was powered off. GPUs and vCPUs stop billing, the boot
+    /// disk does not, and stopping clears the `maxRunDuration` deadline, so `sweep` is
+    /// what deletes it.
     PoweredOff,
     /// A local run: the agent process exited.
     LocalExit,
