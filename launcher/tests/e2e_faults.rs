@@ -83,32 +83,80 @@ fn m09_store_unreachable_for_30s_mid_run_job_continues_nothing_lost() {
     assert_eq!(w.assert_outputs_in_store(&run, &vm), 46);
 }
 
-/// Left out: with the store down at the end, the agent's final sync, log and metrics
-/// flushes each wait up to `FINAL_SYNC_DEADLINE_SECS` (1800 s, retrying every call for
-/// ~30 s) before it keeps the boot disk, so the test would take over half an hour. It
-/// needs a shorter, configurable final-sync deadline in the agent first.
+/// The agent's final-sync deadline in item 10 (`[policies] final_sync_secs`), in seconds:
+/// short so the test does not wait the production 5 minutes.
+const M10_FINAL_SYNC_SECS: u64 = 4;
+
 #[test]
-#[ignore = "the agent waits up to 30 min for the store before keeping the disk"]
 fn m10_store_unreachable_at_the_end_keeps_the_boot_disk_and_names_it() {
-    let mut w = World::new(WorldOpts::default());
-    let (run, vm) = w.launch(&["ok", "8", "1"]);
-    w.wait_for("checkpoint 6 on the VM", &vm, || {
-        w.vm_outputs(&vm).len() >= 6
+    let mut w = World::new(WorldOpts {
+        policies: format!("final_sync_secs = {M10_FINAL_SYNC_SECS}"),
+        ..WorldOpts::default()
     });
+    let (run, vm) = w.launch(&["ok", "20", "1"]);
+    // Checkpoints mirrored before the outage, with their bytes.
+    let keys: Vec<String> = (1..=3)
+        .map(|i| {
+            format!(
+                "{}/runs/{run}/outputs/checkpoint/ckpt-{i:04}.txt",
+                e2e::PREFIX
+            )
+        })
+        .collect();
+    w.wait_for("three checkpoints in the store", &vm, || {
+        keys.iter().all(|k| w.object(k).is_some())
+    });
+    let before: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| (k.clone(), w.object(k).unwrap()))
+        .collect();
     w.gcs.stop();
-    // The agent cannot verify the final sync: it keeps the boot disk first.
+    assert!(
+        w.emu.instance(&vm).is_some() && w.vm_outputs(&vm).len() < 21,
+        "the job ended before the store went down"
+    );
+    // The job ends, the final sync cannot be verified within its deadline: the agent
+    // keeps the boot disk, then retries the final status while the store is down.
     w.wait_for("setDiskAutoDelete", &vm, || {
         !w.emu.calls_to("POST", "/setDiskAutoDelete").is_empty()
     });
+    assert!(
+        w.deletes(&vm).is_empty(),
+        "deleted before the status was stored"
+    );
     w.gcs.restart();
     let st = w.wait_ended(&run, &vm);
     w.wait_gone(&vm);
     assert_eq!(reason(&st), "succeeded", "{st}");
     assert_eq!(st["kept_disk"], vm.as_str(), "{st}");
+    assert!(
+        st["warnings"].to_string().contains("did not finish within"),
+        "{st}"
+    );
     assert_eq!(w.emu.kept_disks(), vec![vm.clone()]);
     one_delete(&w, &vm);
-    // Accounted for: every checkpoint is on the kept disk (the VM's root).
-    assert_eq!(w.vm_outputs(&vm).len(), 9);
+    let calls = w.emu.calls();
+    let keep = calls
+        .iter()
+        .position(|c| c.method == "POST" && c.path.ends_with("/setDiskAutoDelete"))
+        .unwrap();
+    let del = calls
+        .iter()
+        .position(|c| c.method == "DELETE" && c.path.ends_with(&format!("/instances/{vm}")))
+        .unwrap();
+    assert!(keep < del, "setDiskAutoDelete after the delete");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.path.ends_with("/setDiskAutoDelete"))
+            .count(),
+        1
+    );
+    // Nothing mirrored before the outage was lost; everything is on the kept disk.
+    for (key, bytes) in &before {
+        assert_eq!(w.object(key).as_ref(), Some(bytes), "{key}");
+    }
+    assert_eq!(w.vm_outputs(&vm).len(), 21);
 }
 
 #[test]
