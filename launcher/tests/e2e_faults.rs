@@ -301,3 +301,79 @@ fn m17_sweep_deletes_a_vm_whose_run_ended_but_is_still_up() {
     w.wait_gone(&vm);
     w.assert_outputs_in_store(&run, &vm);
 }
+
+/// How long the emulated insert stays PENDING in item 15, in seconds: the window in which
+/// the test swaps the manifest before the VM boots (generous for a loaded machine).
+const M15_INSERT_PENDING_SECS: u64 = 20;
+
+#[test]
+fn m15_manifest_with_parent_and_absolute_paths_is_refused_nothing_written_outside() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            op_pending: Duration::from_secs(M15_INSERT_PENDING_SECS),
+            ..GceConfig::default()
+        },
+        ..WorldOpts::default()
+    });
+    let outside = cloudrun_testkit::TempDir::new("e2e-m15-outside");
+    let abs_target = outside.path().join("abs-evil.txt");
+    let launcher = w
+        .cmd(&["train.py", "ok", "2", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The instance exists, so the manifest and spec are in the store; the VM boots only
+    // when the insert is DONE.
+    w.wait_for("the insert", "", || !w.emu.instances().is_empty());
+    let run = w.emu.instances()[0].labels["cloudrun-run"].clone();
+    let manifest_key = format!("{}/runs/{run}/manifest.json", e2e::PREFIX);
+    let mut m: serde_json::Value = serde_json::from_str(&w.object(&manifest_key).unwrap()).unwrap();
+    let good = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "train.py")
+        .unwrap()
+        .clone();
+    let entries = m["entries"].as_array_mut().unwrap();
+    for path in ["../evil.txt", abs_target.to_str().unwrap()] {
+        let mut e = good.clone();
+        e["path"] = path.into();
+        entries.push(e);
+    }
+    let (st, body) = cloudrun_testkit::http(
+        "POST",
+        w.gcs.port(),
+        &format!(
+            "/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            e2e::BUCKET,
+            manifest_key.replace('/', "%2F")
+        ),
+        &m.to_string(),
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        w.emu.instances().iter().all(|i| i.root.is_none()),
+        "a VM booted before the manifest was swapped"
+    );
+    let out = launcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vm = e2e::field(&String::from_utf8_lossy(&out.stdout), "vm")
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .unwrap();
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    assert_eq!(reason(&st), "pull_failed", "{st}");
+    let why = st["end"]["message"].to_string();
+    assert!(why.contains("evil.txt") && why.contains(".."), "{st}");
+    one_delete(&w, &vm);
+    // Nothing was written outside the work dir: not beside it, not at the absolute path.
+    let root = w.emu.vm_root(&vm).unwrap();
+    let work = w.vm_work(&vm);
+    assert!(!work.join("../evil.txt").exists());
+    assert!(!abs_target.exists());
+    assert!(!root.join(abs_target.strip_prefix("/").unwrap()).exists());
+    assert!(!work.join("train.py").exists(), "materialised in part");
+}
