@@ -1,7 +1,9 @@
 //! Fault-matrix items 8–17 (issue 4) with the real binaries on the emulated VM: the agent
 //! killed and restarted, the store unreachable mid-run and at the end, deletes that fail,
-//! zone stock-outs, quotas, `stop` and `sweep`. Each test says where the VM went and
-//! checks that every checkpoint written on it is in the store (or on a kept disk).
+//! zone stock-outs, quotas, a manifest that points outside the work dir, `stop` and
+//! `sweep`. Each test says where the VM went and checks that every checkpoint written on
+//! it is in the store (or on a kept disk). Item 14 (launcher killed mid-upload) is not
+//! here yet.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
