@@ -39,6 +39,10 @@ pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
 pub const DEFAULT_LOG_FLUSH_SECS: u64 = 2;
 /// How often the agent looks for a stop request from the launcher.
 pub const DEFAULT_STOP_POLL_SECS: u64 = 10;
+/// Time for the whole final sync at the end (outputs, log and metrics flush together): a
+/// few GB of last checkpoint on a healthy link fits in 5 minutes, and when the store is
+/// down longer the boot disk is kept anyway, so waiting more only bills GPU time.
+pub const DEFAULT_FINAL_SYNC_SECS: u64 = 300;
 /// Fraction of the budget at which a warning is written to the status and the logs.
 pub const BUDGET_WARN_FRACTION: f64 = 0.8;
 
@@ -123,6 +127,9 @@ pub struct Policies {
     pub max_run_secs: u64,
     /// Seconds between SIGTERM and SIGKILL.
     pub grace_secs: u64,
+    /// Seconds the final sync (outputs, logs, metrics together) may take before the agent
+    /// gives up on it, keeps the boot disk and deletes the VM.
+    pub final_sync_secs: u64,
     pub intervals: Intervals,
 }
 
@@ -134,6 +141,7 @@ impl Default for Policies {
             budget_usd: None,
             max_run_secs: DEFAULT_MAX_RUN_SECS,
             grace_secs: DEFAULT_GRACE_SECS,
+            final_sync_secs: DEFAULT_FINAL_SYNC_SECS,
             intervals: Intervals::default(),
         }
     }
@@ -293,6 +301,9 @@ impl RunSpec {
         if p.max_run_secs == 0 {
             return bad("policies.max_run_secs must be > 0".into());
         }
+        if p.final_sync_secs == 0 {
+            return bad("policies.final_sync_secs must be > 0".into());
+        }
         let i = &p.intervals;
         if [
             i.gpu_sample_secs,
@@ -369,6 +380,16 @@ pub(crate) mod tests {
         assert_eq!(s.job.output_dirs, ["checkpoint", "model"]);
         assert_eq!(s.job.workdir, ".");
         assert_eq!(s.placement.provider, Provider::Gce);
+        assert_eq!(s.policies.final_sync_secs, DEFAULT_FINAL_SYNC_SECS);
+    }
+
+    #[test]
+    fn final_sync_secs_is_read_and_others_keep_their_defaults() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["policies"] = serde_json::json!({"final_sync_secs": 20});
+        let s = RunSpec::from_json(&v.to_string()).unwrap();
+        assert_eq!(s.policies.final_sync_secs, 20);
+        assert_eq!(s.policies.grace_secs, DEFAULT_GRACE_SECS);
     }
 
     #[test]
@@ -405,6 +426,7 @@ pub(crate) mod tests {
                 |s| s.policies.stall_window_secs = Some(0),
                 "stall_window_secs",
             ),
+            (|s| s.policies.final_sync_secs = 0, "final_sync_secs"),
         ];
         for (mutate, needle) in cases {
             let mut s = sample();

@@ -6,9 +6,15 @@
 //!
 //! Teardown is the last step and runs once per process, idempotent across restarts:
 //! SIGTERM to the job's group, grace, SIGKILL; final sync of outputs, logs and metrics,
-//! verified; final `status.json` with end, receipt and any kept disk; the webhook; then
-//! the delete (or, if it keeps failing, a power-off). The boot disk is kept first when the
-//! final sync could not be verified.
+//! verified, all three within the spec's `policies.final_sync_secs` (less after a
+//! preemption); final `status.json` with end, receipt and any kept disk; the webhook; then
+//! the delete (or, if it keeps failing, a power-off).
+//!
+//! When the final sync could not be verified (the store down or wrong), the boot disk is
+//! kept first (`setDiskAutoDelete false`), so nothing is lost with the VM; waiting longer
+//! for the store would only bill GPU time. The final status is then the only place that
+//! names the kept disk, so it is retried for [`kept_disk_status_window`] before the VM is
+//! deleted regardless. The delete happens once, after the keep-disk call.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,12 +48,14 @@ pub const POLICY_TICK_MILLIS: u64 = 1000;
 /// The grace period after a preemption notice: GCE gives a Spot VM ~30 s in all, and the
 /// final sync needs most of what is left.
 pub const PREEMPTED_GRACE_SECS: u64 = 10;
-/// Time for the final output sync after a preemption (what fits in the ~30 s notice).
+/// Most time for the final sync after a preemption (what fits in the ~30 s notice);
+/// otherwise the spec's `policies.final_sync_secs` applies.
 pub const PREEMPTED_FINAL_SYNC_SECS: u64 = 15;
-/// Time for the final output sync otherwise: a large last checkpoint over a slow link.
-pub const FINAL_SYNC_DEADLINE_SECS: u64 = 1800;
 /// How long the output readers may take to drain after the job's group was killed.
 pub const READER_DRAIN_SECS: u64 = 5;
+/// How long a heartbeat write under way at the end may take before it is dropped: the
+/// final status must not be overtaken by it.
+pub const HEARTBEAT_DRAIN_SECS: u64 = 5;
 /// Delete attempts (same `requestId`, each retried inside the client) before powering off.
 pub const DELETE_ATTEMPTS: u32 = 3;
 /// How long to follow the delete (or disk) operation for an error before moving on.
@@ -834,22 +842,21 @@ impl Agent {
         }
         self.watchers.cancel();
         self.outputs_stop.cancel();
-        if let Some(t) = self.outputs_task.take() {
-            let _ = t.await;
-        }
         self.drain_readers().await;
 
-        // Final sync: outputs, then logs and metrics (the log gets the sync's result).
-        let deadline = Duration::from_secs(if preempted {
-            PREEMPTED_FINAL_SYNC_SECS
-        } else {
-            FINAL_SYNC_DEADLINE_SECS
-        });
-        let pass = match tokio::time::timeout(deadline, self.outputs.sync()).await {
+        // Final sync: the periodic pass under way, outputs, then logs and metrics (the log
+        // gets the sync's result), all within one deadline.
+        let budget = final_sync_budget(&self.spec, preempted);
+        let deadline = tokio::time::Instant::now() + budget;
+        if let Some(t) = self.outputs_task.take() {
+            join_until(t, deadline).await;
+        }
+        let pass = match tokio::time::timeout_at(deadline, self.outputs.sync()).await {
             Ok(p) => p,
             Err(_) => crate::transfer::OutputPass {
                 problems: vec![format!(
-                    "the final output sync did not finish within {deadline:?}"
+                    "the final sync did not finish within {} s (policies.final_sync_secs)",
+                    budget.as_secs()
                 )],
                 ..Default::default()
             },
@@ -868,24 +875,28 @@ impl Agent {
         }
         let logs_ok = self.finish_logs(deadline).await;
         let (mtx, mrx) = oneshot::channel();
-        let _ = self.metrics_tx.send(MetricsMsg::Finish(mtx)).await;
-        if !matches!(tokio::time::timeout(deadline, mrx).await, Ok(Ok(true))) {
+        let metrics_ok = tokio::time::timeout_at(deadline, async {
+            self.metrics_tx.send(MetricsMsg::Finish(mtx)).await.is_ok() && mrx.await == Ok(true)
+        })
+        .await;
+        if metrics_ok != Ok(true) {
             self.status
                 .warnings
                 .push("the last GPU samples could not be stored".into());
         }
         if let Some(t) = self.metrics_task.take() {
-            let _ = t.await;
+            join_until(t, deadline).await;
         }
         if !logs_ok {
             self.status
                 .warnings
                 .push("the end of the job's log could not be stored".into());
         }
-        // No heartbeat may land after the final status.
+        // No heartbeat may land after the final status: let one under way finish.
         self.status_tx = None;
         if let Some(t) = self.status_task.take() {
-            let _ = t.await;
+            let drain = tokio::time::Instant::now() + Duration::from_secs(HEARTBEAT_DRAIN_SECS);
+            join_until(t, deadline.max(drain)).await;
         }
         self.final_sync_verified = pass.complete && logs_ok;
 
@@ -935,8 +946,18 @@ impl Agent {
         self.status.end = Some(end.clone());
         self.status.receipt = Some(receipt);
         self.status.kept_disk = kept_disk.clone();
-        let retry = RetryPolicy::default()
-            .with_deadline(Duration::from_secs(report::FINAL_STATUS_DEADLINE_SECS));
+        let retry = if kept_disk.is_some() {
+            // The only record of the kept disk: retry until the store is back or the
+            // window ends, however many attempts that takes.
+            RetryPolicy {
+                max_attempts: u32::MAX,
+                ..RetryPolicy::default()
+            }
+            .with_deadline(kept_disk_status_window(&self.spec))
+        } else {
+            RetryPolicy::default()
+                .with_deadline(Duration::from_secs(report::FINAL_STATUS_DEADLINE_SECS))
+        };
         let key = self.deps.layout.status(&self.spec.run_id);
         if let Err(e) =
             report::write_status(self.deps.storage.as_ref(), &key, &self.status, &retry).await
@@ -952,16 +973,18 @@ impl Agent {
             .await
     }
 
-    async fn finish_logs(&mut self, deadline: Duration) -> bool {
+    /// Flush the job's log, by `deadline`; whether everything reached the store.
+    async fn finish_logs(&mut self, deadline: tokio::time::Instant) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.log_tx.send(LogMsg::Finish(tx)).await.is_err() {
-            return false;
-        }
-        let ok = matches!(tokio::time::timeout(deadline, rx).await, Ok(Ok(true)));
+        let log_tx = self.log_tx.clone();
+        let ok = tokio::time::timeout_at(deadline, async {
+            log_tx.send(LogMsg::Finish(tx)).await.is_ok() && rx.await == Ok(true)
+        })
+        .await;
         if let Some(t) = self.log_task.take() {
-            let _ = t.await;
+            join_until(t, deadline).await;
         }
-        ok
+        ok == Ok(true)
     }
 
     /// Delete the VM (or power it off), record the fate. `resumed`: the final status was
@@ -1015,6 +1038,37 @@ impl Agent {
             kept_disk,
             final_sync_verified: self.final_sync_verified,
         }
+    }
+}
+
+/// The whole final sync's time: the spec's policy, capped after a preemption.
+fn final_sync_budget(spec: &RunSpec, preempted: bool) -> Duration {
+    let secs = spec.policies.final_sync_secs;
+    Duration::from_secs(if preempted {
+        secs.min(PREEMPTED_FINAL_SYNC_SECS)
+    } else {
+        secs
+    })
+}
+
+/// How long the final status is retried when it names a kept disk: as long as the final
+/// sync was given (the store may come back), and never less than the usual
+/// [`report::FINAL_STATUS_DEADLINE_SECS`].
+pub fn kept_disk_status_window(spec: &RunSpec) -> Duration {
+    Duration::from_secs(
+        spec.policies
+            .final_sync_secs
+            .max(report::FINAL_STATUS_DEADLINE_SECS),
+    )
+}
+
+/// Wait for a background task (output pass, shipper, heartbeat) until `deadline`, then
+/// stop it: past the final-sync deadline nothing it could still send is worth holding the
+/// VM up for.
+async fn join_until(mut task: JoinHandle<()>, deadline: tokio::time::Instant) {
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
     }
 }
 

@@ -896,3 +896,173 @@ async fn an_unreachable_webhook_delays_teardown_by_at_most_its_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(crate::webhook::WEBHOOK_TIMEOUT_SECS + 8));
     rig.assert_deleted_once_after_final_sync();
 }
+
+/// A store that can be taken down: every call fails with a retryable 503 while it is.
+#[derive(Debug)]
+struct SwitchableStore {
+    inner: Arc<dyn Storage>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchableStore {
+    fn check(&self, key: &str) -> Result<(), cloudrun::StorageError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(cloudrun::StorageError::Http {
+                method: "PUT".into(),
+                url: key.into(),
+                status: 503,
+                body: "store down (test)".into(),
+                retry_after: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for SwitchableStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        opts: &cloudrun::storage::PutOptions,
+    ) -> Result<cloudrun::storage::ObjectMeta, cloudrun::StorageError> {
+        self.check(key)?;
+        self.inner.put_bytes(key, data, opts).await
+    }
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        opts: &cloudrun::storage::PutOptions,
+    ) -> Result<cloudrun::storage::ObjectMeta, cloudrun::StorageError> {
+        self.check(key)?;
+        self.inner.put_file(key, path, opts).await
+    }
+    async fn get_stream(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<cloudrun::storage::ByteStream, cloudrun::StorageError> {
+        self.check(key)?;
+        self.inner.get_stream(key, range).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<cloudrun::storage::ObjectMeta>, cloudrun::StorageError> {
+        self.check(key)?;
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<cloudrun::storage::ObjectMeta>, cloudrun::StorageError> {
+        self.check(prefix)?;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, cloudrun::StorageError> {
+        self.check(key)?;
+        self.inner.delete(key).await
+    }
+}
+
+/// Outputs whose sync takes the store down and then never finishes (the upload of the
+/// last checkpoint hanging on a store that went away).
+#[derive(Debug)]
+struct StoreGoesDownOnSync(Arc<SwitchableStore>);
+
+#[async_trait]
+impl Outputs for StoreGoesDownOnSync {
+    async fn sync(&self) -> OutputPass {
+        self.0.down.store(true, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+/// A rig whose store goes down at the first output sync; `final_sync_secs` is 2.
+fn rig_with_store_down_at_the_end() -> (Rig, Arc<SwitchableStore>, RunSpec) {
+    let mut rig = Rig::new();
+    let store = Arc::new(SwitchableStore {
+        inner: rig.storage.clone(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    rig.storage = store.clone();
+    rig.outputs = Some(Arc::new(StoreGoesDownOnSync(store.clone())));
+    let mut spec = rig.spec("exit 0");
+    spec.policies.final_sync_secs = 2;
+    (rig, store, spec)
+}
+
+fn assert_disk_kept_then_deleted_once(rig: &Rig) {
+    let calls = rig.compute.calls();
+    let keep = calls
+        .iter()
+        .position(|c| c == "set_disk_auto_delete(persistent-disk-0,false)")
+        .expect("disk kept");
+    let del = calls.iter().position(|c| c == "delete").expect("deleted");
+    assert!(keep < del, "{calls:?}");
+    assert_eq!(rig.compute.count("delete"), 1, "{calls:?}");
+    assert_eq!(rig.compute.count("stop"), 0, "{calls:?}");
+}
+
+#[tokio::test]
+async fn store_down_at_the_end_keeps_the_disk_and_names_it_once_the_store_is_back() {
+    let (rig, store, spec) = rig_with_store_down_at_the_end();
+    // Bring the store back once the disk is kept (after the final-sync deadline).
+    let compute = rig.compute.clone();
+    let back = store.clone();
+    tokio::spawn(async move {
+        while compute.count("set_disk_auto_delete(persistent-disk-0,false)") == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(compute.count("delete"), 0, "deleted before the status");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        back.down.store(false, Ordering::SeqCst);
+    });
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    assert!(!out.final_sync_verified);
+    assert_eq!(out.kept_disk.as_deref(), Some("trainer-1"));
+    assert_eq!(out.vm, Some(VmFate::Deleted));
+    assert_disk_kept_then_deleted_once(&rig);
+    // The final status, naming the disk, reached the store before the delete.
+    let st = rig
+        .compute
+        .status_at_delete
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("status at delete");
+    assert_eq!(st.phase, Phase::Ended);
+    assert_eq!(st.kept_disk.as_deref(), Some("trainer-1"));
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.contains("did not finish within 2 s")),
+        "{:?}",
+        st.warnings
+    );
+    assert_eq!(rig.status().await.vm, Some(VmFate::Deleted));
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_down_for_good_at_the_end_still_deletes_the_vm_after_the_status_window() {
+    let (rig, _store, spec) = rig_with_store_down_at_the_end();
+    let window = crate::agent::kept_disk_status_window(&spec);
+    let t0 = tokio::time::Instant::now();
+    let out = rig.run(spec).await;
+    assert_eq!(out.kept_disk.as_deref(), Some("trainer-1"));
+    assert_eq!(out.vm, Some(VmFate::Deleted));
+    assert_disk_kept_then_deleted_once(&rig);
+    // Bounded: the final sync, then the status window (plus the fate write and slack).
+    let spent = t0.elapsed();
+    assert!(spent >= window, "{spent:?}");
+    assert!(
+        spent < window + Duration::from_secs(2 + crate::agent::VM_FATE_STATUS_SECS + 60),
+        "{spent:?}"
+    );
+}

@@ -69,8 +69,9 @@ pub struct Layer {
     /// Environment for the job.
     pub env: Option<BTreeMap<String, String>>,
     /// Advanced, file-only: the agent's stop policies and intervals in seconds, as in the
-    /// run spec's `policies` (e.g. `[policies] stall_window_secs = 600` or
-    /// `[policies.intervals] output_sync_secs = 30`). Keys left out keep their defaults;
+    /// run spec's `policies` (e.g. `[policies] stall_window_secs = 600`,
+    /// `[policies] final_sync_secs = 120` or `[policies.intervals] output_sync_secs = 30`).
+    /// Keys left out keep their defaults;
     /// `idle_minutes`, `budget` and `max_time` still win over what this sets.
     pub policies: Option<cloudrun::spec::Policies>,
 }

@@ -1,7 +1,9 @@
 //! Fault-matrix items 8–17 (issue 4) with the real binaries on the emulated VM: the agent
 //! killed and restarted, the store unreachable mid-run and at the end, deletes that fail,
-//! zone stock-outs, quotas, `stop` and `sweep`. Each test says where the VM went and
-//! checks that every checkpoint written on it is in the store (or on a kept disk).
+//! zone stock-outs, quotas, a manifest that points outside the work dir, `stop` and
+//! `sweep`. Each test says where the VM went and checks that every checkpoint written on
+//! it is in the store (or on a kept disk). Item 14 (launcher killed mid-upload) is not
+//! here yet.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -83,32 +85,80 @@ fn m09_store_unreachable_for_30s_mid_run_job_continues_nothing_lost() {
     assert_eq!(w.assert_outputs_in_store(&run, &vm), 46);
 }
 
-/// Left out: with the store down at the end, the agent's final sync, log and metrics
-/// flushes each wait up to `FINAL_SYNC_DEADLINE_SECS` (1800 s, retrying every call for
-/// ~30 s) before it keeps the boot disk, so the test would take over half an hour. It
-/// needs a shorter, configurable final-sync deadline in the agent first.
+/// The agent's final-sync deadline in item 10 (`[policies] final_sync_secs`), in seconds:
+/// short so the test does not wait the production 5 minutes.
+const M10_FINAL_SYNC_SECS: u64 = 4;
+
 #[test]
-#[ignore = "the agent waits up to 30 min for the store before keeping the disk"]
 fn m10_store_unreachable_at_the_end_keeps_the_boot_disk_and_names_it() {
-    let mut w = World::new(WorldOpts::default());
-    let (run, vm) = w.launch(&["ok", "8", "1"]);
-    w.wait_for("checkpoint 6 on the VM", &vm, || {
-        w.vm_outputs(&vm).len() >= 6
+    let mut w = World::new(WorldOpts {
+        policies: format!("final_sync_secs = {M10_FINAL_SYNC_SECS}"),
+        ..WorldOpts::default()
     });
+    let (run, vm) = w.launch(&["ok", "20", "1"]);
+    // Checkpoints mirrored before the outage, with their bytes.
+    let keys: Vec<String> = (1..=3)
+        .map(|i| {
+            format!(
+                "{}/runs/{run}/outputs/checkpoint/ckpt-{i:04}.txt",
+                e2e::PREFIX
+            )
+        })
+        .collect();
+    w.wait_for("three checkpoints in the store", &vm, || {
+        keys.iter().all(|k| w.object(k).is_some())
+    });
+    let before: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| (k.clone(), w.object(k).unwrap()))
+        .collect();
     w.gcs.stop();
-    // The agent cannot verify the final sync: it keeps the boot disk first.
+    assert!(
+        w.emu.instance(&vm).is_some() && w.vm_outputs(&vm).len() < 21,
+        "the job ended before the store went down"
+    );
+    // The job ends, the final sync cannot be verified within its deadline: the agent
+    // keeps the boot disk, then retries the final status while the store is down.
     w.wait_for("setDiskAutoDelete", &vm, || {
         !w.emu.calls_to("POST", "/setDiskAutoDelete").is_empty()
     });
+    assert!(
+        w.deletes(&vm).is_empty(),
+        "deleted before the status was stored"
+    );
     w.gcs.restart();
     let st = w.wait_ended(&run, &vm);
     w.wait_gone(&vm);
     assert_eq!(reason(&st), "succeeded", "{st}");
     assert_eq!(st["kept_disk"], vm.as_str(), "{st}");
+    assert!(
+        st["warnings"].to_string().contains("did not finish within"),
+        "{st}"
+    );
     assert_eq!(w.emu.kept_disks(), vec![vm.clone()]);
     one_delete(&w, &vm);
-    // Accounted for: every checkpoint is on the kept disk (the VM's root).
-    assert_eq!(w.vm_outputs(&vm).len(), 9);
+    let calls = w.emu.calls();
+    let keep = calls
+        .iter()
+        .position(|c| c.method == "POST" && c.path.ends_with("/setDiskAutoDelete"))
+        .unwrap();
+    let del = calls
+        .iter()
+        .position(|c| c.method == "DELETE" && c.path.ends_with(&format!("/instances/{vm}")))
+        .unwrap();
+    assert!(keep < del, "setDiskAutoDelete after the delete");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.path.ends_with("/setDiskAutoDelete"))
+            .count(),
+        1
+    );
+    // Nothing mirrored before the outage was lost; everything is on the kept disk.
+    for (key, bytes) in &before {
+        assert_eq!(w.object(key).as_ref(), Some(bytes), "{key}");
+    }
+    assert_eq!(w.vm_outputs(&vm).len(), 21);
 }
 
 #[test]
@@ -252,4 +302,80 @@ fn m17_sweep_deletes_a_vm_whose_run_ended_but_is_still_up() {
     assert!(out.status.success(), "{}", text(&out));
     w.wait_gone(&vm);
     w.assert_outputs_in_store(&run, &vm);
+}
+
+/// How long the emulated insert stays PENDING in item 15, in seconds: the window in which
+/// the test swaps the manifest before the VM boots (generous for a loaded machine).
+const M15_INSERT_PENDING_SECS: u64 = 20;
+
+#[test]
+fn m15_manifest_with_parent_and_absolute_paths_is_refused_nothing_written_outside() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            op_pending: Duration::from_secs(M15_INSERT_PENDING_SECS),
+            ..GceConfig::default()
+        },
+        ..WorldOpts::default()
+    });
+    let outside = cloudrun_testkit::TempDir::new("e2e-m15-outside");
+    let abs_target = outside.path().join("abs-evil.txt");
+    let launcher = w
+        .cmd(&["train.py", "ok", "2", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The instance exists, so the manifest and spec are in the store; the VM boots only
+    // when the insert is DONE.
+    w.wait_for("the insert", "", || !w.emu.instances().is_empty());
+    let run = w.emu.instances()[0].labels["cloudrun-run"].clone();
+    let manifest_key = format!("{}/runs/{run}/manifest.json", e2e::PREFIX);
+    let mut m: serde_json::Value = serde_json::from_str(&w.object(&manifest_key).unwrap()).unwrap();
+    let good = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "train.py")
+        .unwrap()
+        .clone();
+    let entries = m["entries"].as_array_mut().unwrap();
+    for path in ["../evil.txt", abs_target.to_str().unwrap()] {
+        let mut e = good.clone();
+        e["path"] = path.into();
+        entries.push(e);
+    }
+    let (st, body) = cloudrun_testkit::http(
+        "POST",
+        w.gcs.port(),
+        &format!(
+            "/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            e2e::BUCKET,
+            manifest_key.replace('/', "%2F")
+        ),
+        &m.to_string(),
+    )
+    .unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        w.emu.instances().iter().all(|i| i.root.is_none()),
+        "a VM booted before the manifest was swapped"
+    );
+    let out = launcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vm = e2e::field(&String::from_utf8_lossy(&out.stdout), "vm")
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .unwrap();
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    assert_eq!(reason(&st), "pull_failed", "{st}");
+    let why = st["end"]["message"].to_string();
+    assert!(why.contains("evil.txt") && why.contains(".."), "{st}");
+    one_delete(&w, &vm);
+    // Nothing was written outside the work dir: not beside it, not at the absolute path.
+    let root = w.emu.vm_root(&vm).unwrap();
+    let work = w.vm_work(&vm);
+    assert!(!work.join("../evil.txt").exists());
+    assert!(!abs_target.exists());
+    assert!(!root.join(abs_target.strip_prefix("/").unwrap()).exists());
+    assert!(!work.join("train.py").exists(), "materialised in part");
 }
