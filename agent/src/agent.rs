@@ -13,7 +13,7 @@
 //! When the final sync could not be verified (the store down or wrong), the boot disk is
 //! kept first (`setDiskAutoDelete false`), so nothing is lost with the VM; waiting longer
 //! for the store would only bill GPU time. The final status is then the only place that
-//! names the kept disk, so it is retried for [`kept_disk_status_window`] before the VM is
+//! names the kept disk, so it is retried for [`KEPT_DISK_STATUS_SECS`] before the VM is
 //! deleted regardless. The delete happens once, after the keep-disk call.
 
 use std::path::PathBuf;
@@ -60,6 +60,11 @@ pub const HEARTBEAT_DRAIN_SECS: u64 = 5;
 pub const DELETE_ATTEMPTS: u32 = 3;
 /// How long to follow the delete (or disk) operation for an error before moving on.
 pub const OPERATION_WAIT_SECS: u64 = 90;
+/// How long the final status that names a kept disk is retried before the VM is deleted
+/// regardless. The store has been unreachable for the whole final sync by then, so this
+/// rides out a blip; waiting longer would bill GPU time on a long shot (the disk is kept
+/// either way).
+pub const KEPT_DISK_STATUS_SECS: u64 = report::FINAL_STATUS_DEADLINE_SECS;
 /// Time for recording the VM's fate after the delete: the VM may be going down already.
 pub const VM_FATE_STATUS_SECS: u64 = 10;
 /// Events queued from the watchers before they wait for the supervisor.
@@ -953,7 +958,7 @@ impl Agent {
                 max_attempts: u32::MAX,
                 ..RetryPolicy::default()
             }
-            .with_deadline(kept_disk_status_window(&self.spec))
+            .with_deadline(Duration::from_secs(KEPT_DISK_STATUS_SECS))
         } else {
             RetryPolicy::default()
                 .with_deadline(Duration::from_secs(report::FINAL_STATUS_DEADLINE_SECS))
@@ -1049,17 +1054,6 @@ fn final_sync_budget(spec: &RunSpec, preempted: bool) -> Duration {
     } else {
         secs
     })
-}
-
-/// How long the final status is retried when it names a kept disk: as long as the final
-/// sync was given (the store may come back), and never less than the usual
-/// [`report::FINAL_STATUS_DEADLINE_SECS`].
-pub fn kept_disk_status_window(spec: &RunSpec) -> Duration {
-    Duration::from_secs(
-        spec.policies
-            .final_sync_secs
-            .max(report::FINAL_STATUS_DEADLINE_SECS),
-    )
 }
 
 /// Wait for a background task (output pass, shipper, heartbeat) until `deadline`, then

@@ -1052,7 +1052,7 @@ async fn store_down_at_the_end_keeps_the_disk_and_names_it_once_the_store_is_bac
 #[tokio::test(start_paused = true)]
 async fn store_down_for_good_at_the_end_still_deletes_the_vm_after_the_status_window() {
     let (rig, _store, spec) = rig_with_store_down_at_the_end();
-    let window = crate::agent::kept_disk_status_window(&spec);
+    let window = Duration::from_secs(crate::agent::KEPT_DISK_STATUS_SECS);
     let t0 = tokio::time::Instant::now();
     let out = rig.run(spec).await;
     assert_eq!(out.kept_disk.as_deref(), Some("trainer-1"));
