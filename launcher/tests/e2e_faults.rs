@@ -2,17 +2,20 @@
 //! killed and restarted, the store unreachable mid-run and at the end, deletes that fail,
 //! zone stock-outs, quotas, a manifest that points outside the work dir, `stop` and
 //! `sweep`. Each test says where the VM went and checks that every checkpoint written on
-//! it is in the store (or on a kept disk). Item 14 (launcher killed mid-upload) is not
-//! here yet.
+//! it is in the store (or on a kept disk). Item 14 kills the launcher mid-upload (held
+//! at a fixed byte count by a proxy in front of the store) and runs it again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e;
 
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use cloudrun_testkit::gce::{GceConfig, ZoneState};
+use cloudrun_testkit::FlakyProxy;
 use e2e::{reason, text, World, WorldOpts};
+use sha2::Digest;
 
 /// How long the store stays unreachable in item 9, in seconds (the 30 s).
 const GCS_OUTAGE_SECS: u64 = 30;
@@ -378,4 +381,145 @@ fn m15_manifest_with_parent_and_absolute_paths_is_refused_nothing_written_outsid
     assert!(!abs_target.exists());
     assert!(!root.join(abs_target.strip_prefix("/").unwrap()).exists());
     assert!(!work.join("train.py").exists(), "materialised in part");
+}
+
+/// Size of the big file in item 14: over the 8 MiB simple-upload limit, so it goes up as
+/// a resumable upload, and big enough that the proxy holds it well inside its one chunk.
+const M14_BIG_BYTES: usize = 48 << 20;
+/// Client→server bytes the proxy forwards before it holds item 14's first launch: far
+/// past the small files and the request headers, far short of the big blob's end (the
+/// agent and the spec go up only after the whole push, so they are never reached).
+const M14_HOLD_AFTER_BYTES: i64 = 16 << 20;
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves
+/// no launcher behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `n` deterministic, incompressible-looking bytes (xorshift64).
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Every object under `blobs/` is whole: its SHA-256 is its name. Returns the names.
+fn assert_blobs_whole(w: &World) -> Vec<String> {
+    let prefix = format!("{}/blobs/", e2e::PREFIX);
+    let keys = w.list(&prefix);
+    for k in &keys {
+        let bytes = w
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} listed but not readable"));
+        let sha = sha256_hex(&bytes);
+        assert_eq!(
+            k.strip_prefix(&prefix),
+            Some(sha.as_str()),
+            "{k} holds {} bytes that are not its name",
+            bytes.len()
+        );
+    }
+    keys
+}
+
+#[test]
+fn m14_launcher_killed_mid_upload_then_run_again_makes_one_vm_and_no_half_objects() {
+    let w = World::new(WorldOpts::default());
+    let big = noise(M14_BIG_BYTES);
+    let big_key = format!("{}/blobs/{}", e2e::PREFIX, sha256_hex(&big));
+    std::fs::write(w.project.path().join("data/big.bin"), &big).unwrap();
+
+    // First launch, through a proxy that freezes every upload once 16 MiB went up: the
+    // launcher is then inside the big blob's resumable upload, wherever the machine's
+    // load put it in time.
+    let proxy = FlakyProxy::start(w.gcs.port());
+    proxy.hold_after(M14_HOLD_AFTER_BYTES);
+    let log = w.home.path().join("first-launch.log");
+    let mut launcher = KillOnDrop(
+        w.cmd(&["train.py", "ok", "3", "1"])
+            .env("STORAGE_EMULATOR_HOST", proxy.host())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("start cloudrun-launch"),
+    );
+    w.wait_for("the push to reach the proxy's hold", "-", || {
+        if let Some(st) = launcher.0.try_wait().unwrap() {
+            panic!(
+                "the launcher ended ({st}) before the hold:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        proxy.held()
+    });
+    launcher.0.kill().unwrap();
+    let st = launcher.0.wait().unwrap();
+    assert!(!st.success(), "the launcher was not killed: {st}");
+    // Its held connections close, as the dead process's sockets would; wait until the
+    // proxy has cut them, so the store has seen the upload end short.
+    proxy.release();
+    w.wait_for("the proxy to cut the held upload", "-", || {
+        proxy.cuts() >= 1
+    });
+
+    assert!(
+        w.emu.calls_to("POST", "/instances").is_empty(),
+        "an insert reached the emulator before the kill"
+    );
+    assert!(w.emu.instances().is_empty());
+    let blobs = assert_blobs_whole(&w);
+    assert!(
+        !blobs.contains(&big_key),
+        "the cut-off upload left an object"
+    );
+    // No run got as far as a spec (it is written after the push), so none can point at
+    // a VM.
+    let runs = w.list(&format!("{}/runs/", e2e::PREFIX));
+    assert!(
+        runs.iter().all(|k| !k.ends_with("/spec.json")),
+        "a spec was written before the push finished: {runs:?}"
+    );
+
+    // Run again, straight to the store: one insert, one VM, the run succeeds. Had the cut
+    // upload left a half object after the look above, this push would report it damaged
+    // (and replace it).
+    let (run, vm, out) = w.launch_with_output(&["ok", "3", "1"]);
+    assert!(
+        !text(&out).contains("damaged"),
+        "the second push found a half object:\n{}",
+        text(&out)
+    );
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    w.wait_gone(&vm);
+    let inserts = w.emu.calls_to("POST", "/instances");
+    assert_eq!(inserts.len(), 1, "{inserts:?}");
+    one_delete(&w, &vm);
+    w.assert_outputs_in_store(&run, &vm);
+    let blobs = assert_blobs_whole(&w);
+    assert!(
+        blobs.contains(&big_key),
+        "the big file was not pushed: {blobs:?}"
+    );
+    let pulled = std::fs::read(w.vm_work(&vm).join("data/big.bin")).unwrap();
+    assert!(pulled == big, "the VM got a different big.bin");
 }

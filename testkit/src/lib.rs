@@ -313,13 +313,38 @@ impl Drop for StrictGcs {
 /// A TCP proxy on a free loopback port in front of `target_port`. Armed with
 /// [`FlakyProxy::cut_after`] (or [`FlakyProxy::cut_download_after`]), it drops the
 /// connection that carries the N-th byte client→server (server→client), once, as a
-/// network blip mid-request would.
+/// network blip mid-request would. Armed with [`FlakyProxy::hold_after`], it forwards the
+/// first N bytes client→server and then freezes every upload until
+/// [`FlakyProxy::release`], a fixed point mid-request to kill the client at.
 pub struct FlakyProxy {
     port: u16,
     budget: Arc<AtomicI64>,
     down_budget: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
     cuts: Arc<AtomicI64>,
+    hold: Arc<Hold>,
+}
+
+/// The state of [`FlakyProxy::hold_after`]: bytes left before the hold, whether it was
+/// reached, whether it was released.
+struct Hold {
+    budget: AtomicI64,
+    held: AtomicBool,
+    released: AtomicBool,
+}
+
+impl Hold {
+    fn new() -> Hold {
+        Hold {
+            budget: AtomicI64::new(i64::MAX),
+            held: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    fn holding(&self) -> bool {
+        self.held.load(Ordering::SeqCst) && !self.released.load(Ordering::SeqCst)
+    }
 }
 
 impl FlakyProxy {
@@ -332,11 +357,13 @@ impl FlakyProxy {
         let down_budget = Arc::new(AtomicI64::new(i64::MAX));
         let stop = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicI64::new(0));
-        let (b, d, s, c) = (
+        let hold = Arc::new(Hold::new());
+        let (b, d, s, c, h) = (
             budget.clone(),
             down_budget.clone(),
             stop.clone(),
             cuts.clone(),
+            hold.clone(),
         );
         thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -344,7 +371,7 @@ impl FlakyProxy {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) {
-                            pipe(client, server, b.clone(), d.clone(), c.clone());
+                            pipe(client, server, b.clone(), d.clone(), c.clone(), h.clone());
                         }
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -357,6 +384,7 @@ impl FlakyProxy {
             down_budget,
             stop,
             cuts,
+            hold,
         }
     }
 
@@ -379,11 +407,32 @@ impl FlakyProxy {
     pub fn cuts(&self) -> i64 {
         self.cuts.load(Ordering::SeqCst)
     }
+
+    /// Forward `bytes` more bytes client→server, then hold: no connection forwards
+    /// anything client→server (the bytes already read wait in the proxy) until
+    /// [`FlakyProxy::release`]. Replies already on their way still arrive.
+    pub fn hold_after(&self, bytes: i64) {
+        self.hold.released.store(false, Ordering::SeqCst);
+        self.hold.held.store(false, Ordering::SeqCst);
+        self.hold.budget.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Whether the hold armed by [`FlakyProxy::hold_after`] has been reached.
+    pub fn held(&self) -> bool {
+        self.hold.held.load(Ordering::SeqCst)
+    }
+
+    /// End the hold: every connection that was held is cut (its request stays
+    /// incomplete, as when the client dies); new traffic flows again.
+    pub fn release(&self) {
+        self.hold.released.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FlakyProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.hold.released.store(true, Ordering::SeqCst);
     }
 }
 
@@ -393,22 +442,52 @@ fn pipe(
     up: Arc<AtomicI64>,
     down: Arc<AtomicI64>,
     cuts: Arc<AtomicI64>,
+    hold: Arc<Hold>,
 ) {
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let c3 = cuts.clone();
-    thread::spawn(move || copy_counted(s2, c2, &down, &c3));
-    thread::spawn(move || copy_counted(client, server, &up, &cuts));
+    thread::spawn(move || copy_counted(s2, c2, &down, &c3, None));
+    thread::spawn(move || copy_counted(client, server, &up, &cuts, Some(&hold)));
 }
 
 /// Copy `from` → `to`, counting bytes against `budget`; when it runs out, forward only
-/// the bytes within it, then cut both sockets and disarm.
-fn copy_counted(mut from: TcpStream, mut to: TcpStream, budget: &AtomicI64, cuts: &AtomicI64) {
+/// the bytes within it, then cut both sockets and disarm. With `hold` (client→server),
+/// count against its budget too; once that runs out, forward what is within it and wait
+/// for the release, then cut.
+fn copy_counted(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    budget: &AtomicI64,
+    cuts: &AtomicI64,
+    hold: Option<&Hold>,
+) {
     let mut buf = [0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(h) = hold {
+            let left = h.budget.load(Ordering::SeqCst);
+            if left != i64::MAX {
+                if left < n as i64 {
+                    let _ = to.write_all(&buf[..left.max(0) as usize]);
+                    h.budget.store(i64::MAX, Ordering::SeqCst);
+                    h.held.store(true, Ordering::SeqCst);
+                } else {
+                    h.budget.fetch_sub(n as i64, Ordering::SeqCst);
+                }
+            }
+            if h.holding() {
+                while h.holding() {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                cuts.fetch_add(1, Ordering::SeqCst);
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        }
         let left = budget.load(Ordering::SeqCst);
         if left != i64::MAX {
             if left < n as i64 {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cloudrun::storage::gcs::{Endpoint, GcsStorage};
+use cloudrun::storage::{Storage, StorageError};
 use cloudrun_testkit::gce::{GceConfig, GceEmulator};
 use cloudrun_testkit::{FakeGcs, TempDir};
 use serde_json::Value;
@@ -203,6 +205,12 @@ impl World {
 
     /// Launch `train.py ARGS`; the run id and the VM's name.
     pub fn launch(&self, train_args: &[&str]) -> (String, String) {
+        let (run, vm, _) = self.launch_with_output(train_args);
+        (run, vm)
+    }
+
+    /// [`World::launch`], also handing back the launcher's output.
+    pub fn launch_with_output(&self, train_args: &[&str]) -> (String, String, Output) {
         let mut args = vec!["train.py"];
         args.extend_from_slice(train_args);
         let out = self.run(&args);
@@ -217,7 +225,7 @@ impl World {
         let vm = field(&stdout, "vm")
             .and_then(|v| v.split_whitespace().next().map(str::to_string))
             .unwrap_or_else(|| panic!("no vm in:\n{stdout}"));
-        (run, vm)
+        (run, vm, out)
     }
 
     /// An object's bytes, or `None`.
@@ -229,22 +237,29 @@ impl World {
         }
     }
 
+    /// A client for the test bucket, straight to fake-gcs-server (the `cloudrun` library's
+    /// own, which pages listings and decodes chunked replies).
+    pub fn storage(&self) -> GcsStorage {
+        GcsStorage::new(BUCKET, Endpoint::emulator(&self.gcs.host()), None).unwrap()
+    }
+
     /// Object names under a prefix (all pages).
     pub fn list(&self, prefix: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let path = format!("/storage/v1/b/{BUCKET}/o?prefix={}{}", enc(prefix), token);
-            let (st, body) = cloudrun_testkit::http("GET", self.gcs.port(), &path, "").unwrap();
-            assert_eq!(st, 200, "{body}");
-            let v: Value = serde_json::from_str(&body).unwrap();
-            for i in v["items"].as_array().into_iter().flatten() {
-                out.push(i["name"].as_str().unwrap_or_default().to_string());
-            }
-            match v["nextPageToken"].as_str() {
-                Some(t) => token = format!("&pageToken={}", enc(t)),
-                None => return out,
-            }
+        let store = self.storage();
+        block_on(store.list(prefix))
+            .unwrap_or_else(|e| panic!("listing {prefix}: {e}"))
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
+    }
+
+    /// An object's exact bytes, or `None` when it does not exist.
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let store = self.storage();
+        match block_on(store.get_bytes(name)) {
+            Ok(b) => Some(b.to_vec()),
+            Err(StorageError::NotFound { .. }) => None,
+            Err(e) => panic!("reading {name}: {e}"),
         }
     }
 
@@ -371,6 +386,15 @@ impl World {
             eprintln!("call {} {}?{} -> {}", c.method, c.path, c.query, c.status);
         }
     }
+}
+
+/// Run a future to its end on a throw-away runtime (the tests themselves are sync).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// `key  value` lines of the launcher's summary.
