@@ -13,6 +13,7 @@ pub mod http;
 pub mod layout;
 pub mod manifest;
 pub mod prices;
+pub mod procfs;
 pub mod retry;
 pub mod run_id;
 pub mod spec;

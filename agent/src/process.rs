@@ -244,32 +244,7 @@ impl Job {
     }
 }
 
-/// The start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22), which
-/// tells a process from a later one that reused its pid.
-pub fn proc_start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); field 22 is index 19. A zombie counts as gone.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// Whether the process `pid` that started at `start_ticks` still runs.
-pub fn is_same_process_alive(pid: i32, start_ticks: u64) -> bool {
-    pid > 1 && proc_start_ticks(pid) == Some(start_ticks)
-}
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`): a different one means the machine
-/// rebooted and no process of the last boot survives.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use cloudrun::procfs::{boot_id, is_same_process_alive, proc_start_ticks};
 
 #[cfg(test)]
 mod tests {

@@ -1060,7 +1060,10 @@ async fn store_down_for_good_at_the_end_still_deletes_the_vm_after_the_status_wi
     assert_disk_kept_then_deleted_once(&rig);
     // Bounded: the final sync, then the status window (plus the fate write and slack).
     let spent = t0.elapsed();
-    assert!(spent >= window, "{spent:?}");
+    // The retry policy stops once the next (jittered) backoff would cross the deadline,
+    // so it may give up up to one longest backoff before the window is over.
+    let max_backoff = Duration::from_secs(cloudrun::retry::DEFAULT_MAX_BACKOFF_SECS);
+    assert!(spent + max_backoff >= window, "{spent:?}");
     assert!(
         spent < window + Duration::from_secs(2 + crate::agent::VM_FATE_STATUS_SECS + 60),
         "{spent:?}"

@@ -113,23 +113,7 @@ async fn check(p: Arc<dyn TokenProvider>) -> Result<Arc<dyn TokenProvider>, Stri
     p.token(&[SCOPE_CLOUD_PLATFORM])
         .await
         .map(|_| p.clone())
-        .map_err(|e| chain(&e))
-}
-
-/// An error and its sources on one line, skipping a source whose text the line already
-/// holds (gcp_auth's errors print their source in their own message).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// Find working credentials (each candidate fetches one token to prove it works).
@@ -152,7 +136,7 @@ pub async fn resolve(
             )),
             (Ok(t), _) => match gcp_auth::CustomServiceAccount::from_json(&t) {
                 Ok(sa) => check(Arc::new(sa)).await,
-                Err(e) => Err(chain(&e)),
+                Err(e) => Err(crate::error_chain(&e)),
             },
         };
         match outcome {
@@ -184,7 +168,7 @@ pub async fn resolve(
         },
         Err(e) => tried.push(format!(
             "application default credentials (~/.config/gcloud/application_default_credentials.json): {}",
-            chain(&e)
+            crate::error_chain(&e)
         )),
     }
     if account.is_none() {

@@ -304,21 +304,8 @@ fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
-/// A live process's start time in clock ticks since boot; `None` when gone or a zombie.
-/// (The agent has the same reader for its job; the two binaries share no OS helpers.)
-pub fn proc_start_ticks(pid: i32) -> Option<u64> {
-    let f = proc_stat_fields(pid)?;
-    if f.first().map(String::as_str) == Some("Z") {
-        return None;
-    }
-    f.get(19)?.parse().ok()
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+use cloudrun::procfs::boot_id;
+pub use cloudrun::procfs::proc_start_ticks;
 
 #[cfg(test)]
 mod tests {

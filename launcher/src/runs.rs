@@ -725,25 +725,14 @@ pub async fn stop(
         writeln!(out, "run {run} already ended ({})", v.end())?;
         return Ok(());
     }
-    let req = StopRequest {
-        requested_at: now,
-        by: by.to_string(),
-        message: Some(if now_flag {
-            "stop --now".into()
-        } else {
-            "stop".into()
-        }),
-    };
-    let key = store.layout.stop_request(run);
-    store
-        .storage
-        .put_bytes(
-            &key,
-            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
-            &PutOptions::default().with_content_type("application/json"),
-        )
-        .await
-        .map_err(st(format!("writing {key}")))?;
+    write_stop_request(
+        store,
+        run,
+        by,
+        now,
+        if now_flag { "stop --now" } else { "stop" },
+    )
+    .await?;
     if !now_flag {
         let every = v
             .spec
@@ -977,6 +966,32 @@ pub async fn ls_local(
     Ok(())
 }
 
+/// Write the stop request the agent polls for (`runs/<id>/control/stop.json`).
+async fn write_stop_request(
+    store: &Store,
+    run: &RunId,
+    by: &str,
+    now: DateTime<Utc>,
+    message: &str,
+) -> Result<(), RunsError> {
+    let req = StopRequest {
+        requested_at: now,
+        by: by.to_string(),
+        message: Some(message.to_string()),
+    };
+    let key = store.layout.stop_request(run);
+    store
+        .storage
+        .put_bytes(
+            &key,
+            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
+            &PutOptions::default().with_content_type("application/json"),
+        )
+        .await
+        .map_err(st(format!("writing {key}")))?;
+    Ok(())
+}
+
 /// `stop --now` for a local run: write the stop request (as for a VM), kill the agent's
 /// session (the agent and the job), and record the end the agent can no longer write.
 pub async fn stop_local_now(
@@ -998,21 +1013,7 @@ pub async fn stop_local_now(
         writeln!(out, "the local agent of run {run} is already gone")?;
         return Ok(());
     }
-    let req = StopRequest {
-        requested_at: now,
-        by: by.to_string(),
-        message: Some("stop --now".into()),
-    };
-    let key = store.layout.stop_request(run);
-    store
-        .storage
-        .put_bytes(
-            &key,
-            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
-            &PutOptions::default().with_content_type("application/json"),
-        )
-        .await
-        .map_err(st(format!("writing {key}")))?;
+    write_stop_request(store, run, by, now, "stop --now").await?;
     let n = crate::local::kill_session(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
     if let Some(mut s) = v.status.filter(|s| !s.phase.is_terminal()) {
         s.phase = Phase::Ended;
