@@ -10,10 +10,14 @@
 # -p cloudrun-agent --example bench_agent`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-agent=${CLOUDRUN_AGENT_BINARY:-target/x86_64-unknown-linux-musl/agent/cloudrun-agent}
+agent=${CLOUDRUN_AGENT_BINARY:-}
 bench=${BENCH_AGENT_BIN:-}
+if [ -z "$agent" ]; then
+  # Always through cargo (a no-op when fresh): a stale agent refuses a newer spec.
+  scripts/build-agent.sh x86_64 >&2
+  agent=target/x86_64-unknown-linux-musl/agent/cloudrun-agent
+fi
 if [ -z "$bench" ]; then
-  [ -x "$agent" ] || scripts/build-agent.sh x86_64 >&2
   cargo build -q --release -p cloudrun-agent --example bench_agent >&2
   bench=target/release/examples/bench_agent
 fi
