@@ -7,15 +7,21 @@
 /// tells a process from a later one that reused its pid. `None` when it is gone or a
 /// zombie.
 pub fn proc_start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); field 22 is index 19. A zombie counts as gone.
-    if fields.first() == Some(&"Z") {
+    let fields = stat_fields(pid)?;
+    // Field 22 is index 19 (the list starts at field 3). A zombie counts as gone.
+    if fields.first().map(String::as_str) == Some("Z") {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// The fields of `/proc/<pid>/stat` from field 3 (state) on: state, ppid, pgrp, session,
+/// ... The command name (field 2) may contain spaces and parentheses, so the split starts
+/// after the last `)`. `None` when the process is gone.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// Whether the process `pid` that started at `start_ticks` still runs.

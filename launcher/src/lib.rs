@@ -35,7 +35,7 @@ use cloudrun::compute::Compute;
 use cloudrun::compute_rest::{endpoint_from, RestCompute};
 use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
 use cloudrun::prices::PriceTable;
-use cloudrun::storage::gcs::{self, GcsStorage};
+use cloudrun::storage::gcs;
 use cloudrun::{Layout, PutOptions, StoreUrl};
 
 use crate::cli::{Cli, Command};
@@ -149,21 +149,13 @@ impl Context<'_> {
         url: &StoreUrl,
     ) -> Result<Arc<dyn cloudrun::Storage>, Error> {
         // The emulator host comes from this invocation's environment, like everything
-        // else here (`storage::open` would read the process's own).
-        let emulator = (self.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty());
-        match (url, emulator) {
-            (StoreUrl::Gcs { bucket, .. }, Some(host)) => Ok(Arc::new(GcsStorage::new(
-                bucket,
-                gcs::Endpoint::emulator(&host),
-                None,
-            )?)),
-            (StoreUrl::Gcs { bucket, .. }, None) => Ok(Arc::new(GcsStorage::new(
-                bucket,
-                gcs::Endpoint::google(),
-                Some(self.tokens(settings).await?),
-            )?)),
-            (StoreUrl::Local { .. }, _) => Ok(cloudrun::storage::open(url, None)?),
-        }
+        // else here, not from the process's own.
+        let endpoint = gcs::Endpoint::from_lookup(|k| (self.env)(k));
+        let tokens = match url {
+            StoreUrl::Gcs { .. } if !endpoint.anonymous => Some(self.tokens(settings).await?),
+            _ => None,
+        };
+        Ok(cloudrun::storage::open_at(url, endpoint, tokens)?)
     }
 
     /// Compute and the project for read-only checks, or `None` (with a log line) when

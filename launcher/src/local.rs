@@ -282,7 +282,7 @@ fn session_groups(sid: i32) -> Vec<i32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if let Some(f) = proc_stat_fields(pid) {
+        if let Some(f) = cloudrun::procfs::stat_fields(pid) {
             // Fields after the command: state, ppid, pgrp, session.
             let (state, pgrp, session) = (f.first(), f.get(2), f.get(3));
             if state != Some(&"Z".to_string()) && session.and_then(|s| s.parse().ok()) == Some(sid)
@@ -294,14 +294,6 @@ fn session_groups(sid: i32) -> Vec<i32> {
         }
     }
     groups.into_iter().collect()
-}
-
-/// `/proc/<pid>/stat` from field 3 (state) on; the command (field 2) may hold spaces and
-/// parentheses, so the split starts after the last `)`.
-fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 use cloudrun::procfs::boot_id;

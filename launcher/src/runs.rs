@@ -445,22 +445,13 @@ pub async fn status_one_with(
     if v.is_local() {
         let rec = local.and_then(|d| crate::local::record_for(d, run));
         if json {
-            let doc = serde_json::json!({
-                "run_id": v.run.as_str(),
-                "phase": phase_name(v.phase()),
-                "status": v.status,
-                "spec": v.spec,
-                "vm": match &rec {
-                    Some(r) => serde_json::json!({"local_pid": r.pid, "alive": r.alive(), "agent_log": r.agent_log}),
-                    None => serde_json::json!({"error": "no local agent record on this machine"}),
-                },
-            });
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&doc).unwrap_or_default()
-            )?;
-            return Ok(());
+            let vm = match &rec {
+                Some(r) => {
+                    serde_json::json!({"local_pid": r.pid, "alive": r.alive(), "agent_log": r.agent_log})
+                }
+                None => serde_json::json!({"error": "no local agent record on this machine"}),
+            };
+            return Ok(write_status_json(&v, vm, out)?);
         }
         writeln!(out, "run      {}", v.run)?;
         writeln!(out, "phase    {}", phase_name(v.phase()))?;
@@ -492,19 +483,14 @@ pub async fn status_one_with(
         (_, None) => Ok(None),
     };
     if json {
-        let doc = serde_json::json!({
-            "run_id": v.run.as_str(),
-            "phase": phase_name(v.phase()),
-            "status": v.status,
-            "spec": v.spec,
-            "vm": match &vm { Ok(Some(i)) => serde_json::json!({"name": i.name, "status": i.status, "zone": i.zone_name()}), Ok(None) => serde_json::Value::Null, Err(e) => serde_json::json!({"error": e}) },
-        });
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        )?;
-        return Ok(());
+        let vm = match &vm {
+            Ok(Some(i)) => {
+                serde_json::json!({"name": i.name, "status": i.status, "zone": i.zone_name()})
+            }
+            Ok(None) => serde_json::Value::Null,
+            Err(e) => serde_json::json!({"error": e}),
+        };
+        return Ok(write_status_json(&v, vm, out)?);
     }
     writeln!(out, "run      {}", v.run)?;
     writeln!(out, "phase    {}", phase_name(v.phase()))?;
@@ -963,6 +949,27 @@ pub async fn ls_local(
             vm
         )?;
     }
+    Ok(())
+}
+
+/// `status RUN --json`: the run's status and spec with what is known of its VM, for scripts.
+fn write_status_json(
+    v: &RunView,
+    vm: serde_json::Value,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let doc = serde_json::json!({
+        "run_id": v.run.as_str(),
+        "phase": phase_name(v.phase()),
+        "status": v.status,
+        "spec": v.spec,
+        "vm": vm,
+    });
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )?;
     Ok(())
 }
 

@@ -85,10 +85,17 @@ impl Endpoint {
         }
     }
 
-    /// [`Endpoint::emulator`] when `STORAGE_EMULATOR_HOST` is set, else Google's.
+    /// [`Endpoint::emulator`] when `STORAGE_EMULATOR_HOST` is set in the process
+    /// environment, else Google's.
     pub fn from_env() -> Self {
-        match std::env::var(crate::contract::ENV_STORAGE_EMULATOR_HOST) {
-            Ok(h) if !h.trim().is_empty() => Endpoint::emulator(&h),
+        Endpoint::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The same, reading `STORAGE_EMULATOR_HOST` through `lookup` (a caller that carries
+    /// its own environment, as the launcher does).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        match lookup(crate::contract::ENV_STORAGE_EMULATOR_HOST) {
+            Some(h) if !h.trim().is_empty() => Endpoint::emulator(&h),
             _ => Endpoint::google(),
         }
     }

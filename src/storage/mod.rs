@@ -246,15 +246,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 }
 
 /// The backend for a parsed `GCS_DIR`: a local directory, or GCS through `STORAGE_EMULATOR_HOST`
-/// when set (no auth) or the real endpoint with tokens from `tokens`.
+/// when set in the process environment (no auth) or the real endpoint with tokens from
+/// `tokens`.
 pub fn open(
     url: &StoreUrl,
+    tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    open_at(url, gcs::Endpoint::from_env(), tokens)
+}
+
+/// [`open`] with the GCS endpoint chosen by the caller (ignored for a local directory).
+pub fn open_at(
+    url: &StoreUrl,
+    endpoint: gcs::Endpoint,
     tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
 ) -> Result<Arc<dyn Storage>, StorageError> {
     match url {
         StoreUrl::Local { root } => Ok(Arc::new(local::LocalStorage::new(root.clone()))),
         StoreUrl::Gcs { bucket, .. } => {
-            let endpoint = gcs::Endpoint::from_env();
             Ok(Arc::new(gcs::GcsStorage::new(bucket, endpoint, tokens)?))
         }
     }
