@@ -43,6 +43,10 @@ pub const DEFAULT_STOP_POLL_SECS: u64 = 10;
 /// few GB of last checkpoint on a healthy link fits in 5 minutes, and when the store is
 /// down longer the boot disk is kept anyway, so waiting more only bills GPU time.
 pub const DEFAULT_FINAL_SYNC_SECS: u64 = 300;
+/// How long the agent waits, after the pull, for `nvidia-smi` to answer with the GPUs the
+/// plan carries before it ends the run as `gpu_unavailable`: a first-boot driver install
+/// and the reboot it may need fit in 10 minutes.
+pub const DEFAULT_GPU_READY_SECS: u64 = 600;
 /// Fraction of the budget at which a warning is written to the status and the logs.
 pub const BUDGET_WARN_FRACTION: f64 = 0.8;
 
@@ -130,6 +134,11 @@ pub struct Policies {
     /// Seconds the final sync (outputs, logs, metrics together) may take before the agent
     /// gives up on it, keeps the boot disk and deletes the VM.
     pub final_sync_secs: u64,
+    /// Seconds the agent waits for `nvidia-smi` to answer with `placement.gpu_count`
+    /// GPUs of kind `placement.gpu` before setup and job; none answering in time ends the
+    /// run as `gpu_unavailable`. `0` turns the wait off (the job starts at once, as for
+    /// local runs and runs without GPUs, which never wait).
+    pub gpu_ready_secs: u64,
     pub intervals: Intervals,
 }
 
@@ -142,6 +151,7 @@ impl Default for Policies {
             max_run_secs: DEFAULT_MAX_RUN_SECS,
             grace_secs: DEFAULT_GRACE_SECS,
             final_sync_secs: DEFAULT_FINAL_SYNC_SECS,
+            gpu_ready_secs: DEFAULT_GPU_READY_SECS,
             intervals: Intervals::default(),
         }
     }
@@ -227,7 +237,30 @@ pub enum Provider {
     Local,
 }
 
+/// The GPUs the agent waits for before setup and job ([`RunSpec::gpu_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuWait<'a> {
+    /// How many GPUs `nvidia-smi` must list.
+    pub count: u32,
+    /// Their accelerator type (`nvidia-l4`), when the plan names one.
+    pub accelerator: Option<&'a str>,
+    /// How long the agent waits for them, in seconds.
+    pub window_secs: u64,
+}
+
 impl RunSpec {
+    /// What the agent waits for before setup and job: the plan's GPUs on a Compute Engine
+    /// VM. `None` for local runs, runs without GPUs and `policies.gpu_ready_secs = 0`.
+    pub fn gpu_wait(&self) -> Option<GpuWait<'_>> {
+        let p = &self.placement;
+        let window_secs = self.policies.gpu_ready_secs;
+        (p.provider == Provider::Gce && p.gpu_count > 0 && window_secs > 0).then_some(GpuWait {
+            count: p.gpu_count,
+            accelerator: p.gpu.as_deref().filter(|g| !g.is_empty()),
+            window_secs,
+        })
+    }
+
     /// Parse and check a spec, e.g. from the `cloudrun-spec` metadata attribute.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
         // Look at the schema first so that a newer spec gets the "upgrade" message rather
@@ -381,6 +414,7 @@ pub(crate) mod tests {
         assert_eq!(s.job.workdir, ".");
         assert_eq!(s.placement.provider, Provider::Gce);
         assert_eq!(s.policies.final_sync_secs, DEFAULT_FINAL_SYNC_SECS);
+        assert_eq!(s.policies.gpu_ready_secs, DEFAULT_GPU_READY_SECS);
     }
 
     #[test]
@@ -390,6 +424,29 @@ pub(crate) mod tests {
         let s = RunSpec::from_json(&v.to_string()).unwrap();
         assert_eq!(s.policies.final_sync_secs, 20);
         assert_eq!(s.policies.grace_secs, DEFAULT_GRACE_SECS);
+    }
+
+    #[test]
+    fn only_gpu_vms_with_the_wait_on_wait_for_their_gpus() {
+        let s = sample();
+        assert_eq!(
+            s.gpu_wait(),
+            Some(GpuWait {
+                count: 1,
+                accelerator: Some("nvidia-l4"),
+                window_secs: DEFAULT_GPU_READY_SECS
+            })
+        );
+        let mut local = sample();
+        local.placement.provider = Provider::Local;
+        assert_eq!(local.gpu_wait(), None, "local runs do not wait");
+        let mut cpu = sample();
+        cpu.placement.gpu = None;
+        cpu.placement.gpu_count = 0;
+        assert_eq!(cpu.gpu_wait(), None, "runs without GPUs do not wait");
+        let mut off = sample();
+        off.policies.gpu_ready_secs = 0;
+        assert_eq!(off.gpu_wait(), None, "gpu_ready_secs = 0 turns it off");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum Phase {
     Launching,
     /// The agent is pulling the code.
     Pulling,
+    /// The code is pulled; the agent waits for `nvidia-smi` to answer with the GPUs the
+    /// plan carries before it starts setup and job.
+    WaitingForGpu,
     /// The setup command runs.
     Setup,
     /// The job runs.
@@ -65,6 +68,9 @@ pub enum EndReason {
     SetupFailed,
     /// The code could not be pulled or verified.
     PullFailed,
+    /// `nvidia-smi` did not answer with the plan's GPUs within `policies.gpu_ready_secs`;
+    /// neither setup nor job was started.
+    GpuUnavailable,
     /// The agent was restarted and the job was no longer running.
     Lost,
     /// The agent hit an error it could not recover from.
@@ -84,6 +90,7 @@ impl EndReason {
             EndReason::Preempted => 6,
             EndReason::Stopped => 7,
             EndReason::Lost | EndReason::AgentError => 8,
+            EndReason::GpuUnavailable => 9,
         }
     }
 
@@ -100,6 +107,7 @@ impl EndReason {
             EndReason::Stopped => "stopped on request",
             EndReason::SetupFailed => "setup failed",
             EndReason::PullFailed => "code pull failed",
+            EndReason::GpuUnavailable => "GPUs unavailable",
             EndReason::Lost => "job lost (agent restarted)",
             EndReason::AgentError => "agent error",
         }
@@ -188,6 +196,14 @@ pub struct RunStatus {
     /// When the agent first started on the VM (billing starts about here).
     #[serde(default)]
     pub agent_started_at: Option<DateTime<Utc>>,
+    /// When the agent began waiting for the plan's GPUs (after the pull; kept across agent
+    /// restarts, the wait's window counts from here). Billed as boot, not as training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_wait_started_at: Option<DateTime<Utc>>,
+    /// When `nvidia-smi` answered with the plan's GPUs; `None` while waiting and when they
+    /// never did (end reason `gpu_unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_ready_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub job_started_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -238,6 +254,8 @@ impl RunStatus {
             updated_at: now,
             launched_at: Some(now),
             agent_started_at: None,
+            gpu_wait_started_at: None,
+            gpu_ready_at: None,
             job_started_at: None,
             ended_at: None,
             instance: None,
@@ -329,6 +347,36 @@ mod tests {
     }
 
     #[test]
+    fn the_gpu_wait_has_its_own_names_and_exit_code() {
+        assert_eq!(
+            serde_json::to_value(Phase::WaitingForGpu).unwrap(),
+            "waiting_for_gpu"
+        );
+        assert_eq!(
+            serde_json::to_value(EndReason::GpuUnavailable).unwrap(),
+            "gpu_unavailable"
+        );
+        // Its own code: a script can tell "no GPU" from a failed job or a lost agent.
+        use EndReason::*;
+        for r in [
+            Succeeded,
+            Failed,
+            GpuIdle,
+            Budget,
+            Preempted,
+            Stopped,
+            SetupFailed,
+            AgentError,
+        ] {
+            assert_ne!(r.exit_code(), GpuUnavailable.exit_code(), "{r:?}");
+        }
+        let mut s = sample();
+        s.gpu_wait_started_at = Some("2026-11-26T07:16:00Z".parse().unwrap());
+        s.gpu_ready_at = Some("2026-11-26T07:16:20Z".parse().unwrap());
+        assert_eq!(RunStatus::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
     fn an_older_minimal_status_parses() {
         let s = RunStatus::from_json(
             r#"{"schema":1,"run_id":"20261126-071500-ab12","phase":"running","updated_at":"2026-11-26T07:15:00Z"}"#,
@@ -353,6 +401,7 @@ mod tests {
             PullFailed,
             Lost,
             AgentError,
+            GpuUnavailable,
         ] {
             assert_ne!(r.exit_code(), 0, "{r:?}");
         }

@@ -1,4 +1,5 @@
-//! The run, in order: restart state, pull, setup, job, and the single teardown. This
+//! The run, in order: restart state, pull, the wait for the plan's GPUs
+//! ([`crate::gpu_wait`]), setup, job, and the single teardown. This
 //! module owns the supervisor loop: one task that holds the job's process, receives the
 //! watchers' events (GPU samples, preemption, stop request, output passes, SIGTERM) and
 //! asks the policies on every tick. Everything it talks to is handed in ([`Deps`]), so
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{secs_between, Clock};
 use crate::gpu::{GpuProbe, GpuState};
+use crate::gpu_wait::{self, LossWatch};
 use crate::logs::{self, Activity, LogMsg, LogShipper, LogSinks, AGENT_LINE_PREFIX};
 use crate::metadata::MetadataClient;
 use crate::policy::{Notice, Policies};
@@ -184,6 +186,7 @@ pub async fn run_agent(
         agent_started_at: prev.as_ref().map_or(now, |p| p.agent_started_at),
         starts: prev.as_ref().map_or(0, |p| p.starts) + 1,
         budget_warned: prev.as_ref().is_some_and(|p| p.budget_warned),
+        gpu_wait_started_at: prev.as_ref().and_then(|p| p.gpu_wait_started_at),
         stage: prev.as_ref().map_or(Stage::Preparing, |p| p.stage.clone()),
     };
     tracing::info!(
@@ -278,6 +281,13 @@ struct Agent {
     webhook: Option<Webhook>,
     setup_secs: u64,
     final_sync_verified: bool,
+    /// The latest GPU probe, so a wait that begins after the pull can use one taken
+    /// during it.
+    last_gpu_state: Option<GpuState>,
+    /// The wait for the plan's GPUs while it runs, and where its "ready" goes.
+    gpu_wait: Option<(gpu_wait::Wait, oneshot::Sender<String>)>,
+    /// Once the GPUs have answered: warns when some go missing mid-run.
+    gpu_loss: Option<LossWatch>,
 }
 
 impl Agent {
@@ -373,6 +383,9 @@ impl Agent {
             webhook,
             setup_secs: 0,
             final_sync_verified: false,
+            last_gpu_state: None,
+            gpu_wait: None,
+            gpu_loss: None,
         };
         agent.save_state();
         agent.start_watchers();
@@ -555,6 +568,8 @@ impl Agent {
                 self.policies.observe_gpu(&state, &sample);
                 let _ = self.metrics_tx.try_send(MetricsMsg::Sample(sample.clone()));
                 self.status.last_gpu = Some(sample);
+                self.observe_gpu_wait(&state);
+                self.last_gpu_state = Some(state);
                 None
             }
             Event::Outputs(pass) => {
@@ -610,7 +625,85 @@ impl Agent {
             self.webhook(WebhookEvent::BudgetWarning, None, &msg);
             self.publish_status();
         }
-        decision.map(|d| end_info(d.reason, d.message))
+        if let Some(d) = decision {
+            return Some(end_info(d.reason, d.message));
+        }
+        let now = self.deps.clock.now();
+        let timed_out = self.gpu_wait.as_ref().and_then(|(w, _)| w.timed_out(now));
+        timed_out.map(|msg| end_info(EndReason::GpuUnavailable, msg))
+    }
+
+    /// Feed a probe to the GPU wait (ready ends it) or, after it, to the loss watch.
+    fn observe_gpu_wait(&mut self, state: &GpuState) {
+        if let Some((wait, _)) = self.gpu_wait.as_mut() {
+            if let Some(ready) = wait.observe(state) {
+                if let Some((_, tx)) = self.gpu_wait.take() {
+                    let _ = tx.send(ready);
+                }
+            }
+            return;
+        }
+        let warning = self.gpu_loss.as_mut().and_then(|l| l.observe(state));
+        if let Some(w) = warning {
+            self.note(&w);
+            self.status.warnings.push(w);
+            self.publish_status();
+        }
+    }
+
+    /// Wait, before setup and job, until `nvidia-smi` answers with the plan's GPUs (see
+    /// [`crate::gpu_wait`]); `Err` ends the run (`gpu_unavailable`, or any other stop
+    /// decided meanwhile). Runs that do not wait return at once.
+    async fn wait_for_gpus(&mut self) -> Result<(), EndInfo> {
+        let Some((expected, window_secs)) = gpu_wait::Expected::from_spec(&self.spec) else {
+            return Ok(());
+        };
+        let now = self.deps.clock.now();
+        let started = *self.state.gpu_wait_started_at.get_or_insert(now);
+        self.save_state();
+        self.status.gpu_wait_started_at = Some(started);
+        self.status.gpu_ready_at = None;
+        let mut wait = gpu_wait::Wait::new(expected.clone(), started, window_secs);
+        // A probe taken during the pull may already show them.
+        let ready = match self.last_gpu_state.clone() {
+            Some(state) => wait.observe(&state),
+            None => None,
+        };
+        let ready = match ready {
+            Some(r) => r,
+            None => {
+                self.note(&format!(
+                    "waiting up to {} for {} to answer nvidia-smi",
+                    cloudrun::billing::format_secs(window_secs),
+                    expected.describe()
+                ));
+                let (tx, rx) = oneshot::channel();
+                self.gpu_wait = Some((wait, tx));
+                self.set_phase(Phase::WaitingForGpu);
+                let got = self.watch_until(rx).await;
+                self.gpu_wait = None;
+                match got {
+                    Err(end) => return Err(end),
+                    Ok(Ok(r)) => r,
+                    // The sender lives in `self.gpu_wait` until it sends.
+                    Ok(Err(_)) => {
+                        return Err(end_info(
+                            EndReason::AgentError,
+                            "the GPU wait ended without an answer",
+                        ))
+                    }
+                }
+            }
+        };
+        let now = self.deps.clock.now();
+        self.status.gpu_ready_at = Some(now);
+        self.gpu_loss = Some(LossWatch::new(expected));
+        self.note(&format!(
+            "GPUs ready after {}: {ready}",
+            cloudrun::billing::format_secs(secs_between(started, now).max(0.0) as u64)
+        ));
+        self.publish_status();
+        Ok(())
     }
 
     /// Drive `fut` while watching events, policies and the heartbeat; `Err` when the run
@@ -740,6 +833,9 @@ impl Agent {
                 return (end_info(EndReason::SetupFailed, e.to_string()), None);
             }
         }
+        if let Err(end) = self.wait_for_gpus().await {
+            return (end, None);
+        }
 
         if let Some(setup) = self.spec.job.setup.clone() {
             self.set_phase(Phase::Setup);
@@ -807,6 +903,10 @@ impl Agent {
         self.policies.job_started(started);
         self.status.job_started_at = Some(started);
         self.setup_secs = secs_between(self.state.agent_started_at, started).max(0.0) as u64;
+        if self.status.gpu_ready_at.is_some() {
+            self.gpu_loss =
+                gpu_wait::Expected::from_spec(&self.spec).map(|(e, _)| LossWatch::new(e));
+        }
         self.set_phase(Phase::Running);
         self.start_output_sync();
         let mut job = Job::adopt(pid, start_ticks);

@@ -10,6 +10,7 @@
 //! | [`logs`] | line capture and log shipping (file, journal, console, GCS chunks) |
 //! | [`report`] | heartbeat `status.json` writer and GPU metrics batches |
 //! | [`gpu`] | `nvidia-smi` probe and parser |
+//! | [`gpu_wait`] | waiting for the plan's GPUs before the job; GPUs lost mid-run |
 //! | [`metadata`], [`token`] | metadata server client; tokens for GCS and Compute |
 //! | [`transfer`] | code pull and output mirroring over `cloudrun::sync` |
 //! | [`state`] | the restart-state file and what a restarted agent does |
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod clock;
 pub mod gpu;
+pub mod gpu_wait;
 pub mod logs;
 pub mod metadata;
 pub mod policy;

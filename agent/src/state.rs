@@ -14,6 +14,9 @@
 //! | `deleting` | the final status is written, the delete may have been sent | [`Resume::Delete`]: delete again **with the same `requestId`**, which the Compute API treats as the same request |
 //! | `done` | the run is over | [`Resume::Done`]: a local run exits at once with the recorded outcome; on a VM that is somehow still up, the delete is sent again |
 //!
+//! The file also keeps when the wait for the GPUs began, so a restart during the wait
+//! (a driver install that reboots) continues the same `gpu_ready_secs` window.
+//!
 //! A run that keeps restarting the agent while preparing or running (more than
 //! [`MAX_AGENT_STARTS`] starts) is torn down with end reason `agent_error` instead of
 //! looping. Billing and `max_run_secs` count from the first start, which the file keeps.
@@ -70,6 +73,10 @@ pub struct AgentState {
     pub starts: u32,
     #[serde(default)]
     pub budget_warned: bool,
+    /// When the wait for the plan's GPUs first began: a restart (a driver install that
+    /// reboots the VM) continues the same window instead of starting a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_wait_started_at: Option<DateTime<Utc>>,
     pub stage: Stage,
 }
 
@@ -221,6 +228,7 @@ mod tests {
             agent_started_at: "2026-11-26T07:16:00Z".parse().unwrap(),
             starts,
             budget_warned: false,
+            gpu_wait_started_at: None,
             stage,
         }
     }
@@ -363,7 +371,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = path_in(d.path());
         assert_eq!(load(&p), None);
-        let s = state(running(), 2);
+        let mut s = state(running(), 2);
+        s.gpu_wait_started_at = Some("2026-11-26T07:16:30Z".parse().unwrap());
         save(&p, &s);
         assert_eq!(load(&p), Some(s));
         std::fs::write(&p, "{not json").unwrap();

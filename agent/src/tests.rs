@@ -716,6 +716,7 @@ fn write_state(rig: &Rig, stage: Stage) {
             agent_started_at: chrono::Utc::now() - chrono::Duration::seconds(30),
             starts: 1,
             budget_warned: false,
+            gpu_wait_started_at: None,
             stage,
         },
     );
@@ -1068,4 +1069,183 @@ async fn store_down_for_good_at_the_end_still_deletes_the_vm_after_the_status_wi
         spent < window + Duration::from_secs(2 + crate::agent::VM_FATE_STATUS_SECS + 60),
         "{spent:?}"
     );
+}
+
+/// A spec for a VM with `n` H100s (what [`gpus`] names them) that waits `window` s.
+fn gpu_spec(rig: &Rig, script: &str, n: u32, window: u64) -> RunSpec {
+    let mut spec = rig.spec(script);
+    spec.placement.gpu = Some("nvidia-h100-80gb".into());
+    spec.placement.gpu_count = n;
+    spec.policies.gpu_ready_secs = window;
+    spec
+}
+
+fn driver_failed() -> GpuState {
+    GpuState::Unknown(
+        "nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+            .into(),
+    )
+}
+
+/// Set the scripted GPU to `state` after `after`.
+fn gpu_later(rig: &Rig, after: Duration, state: GpuState) -> tokio::task::JoinHandle<()> {
+    let gpu = rig.gpu.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        *gpu.0.lock().unwrap() = state;
+    })
+}
+
+#[tokio::test]
+async fn gpus_that_answer_late_start_setup_and_job_only_after_the_wait() {
+    let mut rig = Rig::new();
+    rig.code = Arc::new(StaticCode(Ok(vec![("main.py", "x")])));
+    *rig.gpu.0.lock().unwrap() = driver_failed();
+    let mut spec = gpu_spec(&rig, "date +%s.%N > job-at; echo job ran", 8, 60);
+    spec.job.setup = Some("date +%s.%N > setup-at".into());
+    let late = gpu_later(&rig, Duration::from_secs(3), gpus(97.0, 8));
+    let out = rig.run(spec).await;
+    late.await.unwrap();
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = rig.status().await;
+    let started = st.gpu_wait_started_at.expect("the wait is recorded");
+    let ready = st.gpu_ready_at.expect("the GPUs answered");
+    let job = st.job_started_at.unwrap();
+    assert!(
+        (ready - started).num_milliseconds() >= 2000,
+        "waited for the GPUs: {started} → {ready}"
+    );
+    assert!(job >= ready, "the job started after the GPUs answered");
+    // Setup too ran only after the GPUs answered.
+    let setup_at: f64 = std::fs::read_to_string(rig.work.path().join("setup-at"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(setup_at >= ready.timestamp_millis() as f64 / 1000.0 - 0.5);
+    // The wait is billed before the job, not as training.
+    let r = st.receipt.unwrap();
+    assert!(r.setup_secs >= 2, "{r:?}");
+    assert!(
+        r.job_secs < r.billed_secs,
+        "the wait is not in the job's seconds: {r:?}"
+    );
+    let log = rig.log_text().await;
+    let w = log
+        .find("waiting up to 1m 00s for 8 × nvidia-h100-80gb")
+        .unwrap();
+    let g = log.find("GPUs ready after").unwrap();
+    let j = log.find("job ran").unwrap();
+    assert!(w < g && g < j, "{log}");
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn gpus_that_never_answer_end_gpu_unavailable_without_setup_or_job() {
+    let rig = Rig::new();
+    *rig.gpu.0.lock().unwrap() = driver_failed();
+    let mut spec = gpu_spec(&rig, "touch job-ran", 1, 3);
+    spec.job.setup = Some("touch setup-ran".into());
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::GpuUnavailable, "{:?}", out.end);
+    assert_eq!(out.exit_code(), 9);
+    assert!(
+        out.end
+            .message
+            .contains("couldn't communicate with the NVIDIA driver"),
+        "the driver's words: {}",
+        out.end.message
+    );
+    assert!(!rig.work.path().join("job-ran").exists(), "no job");
+    assert!(!rig.work.path().join("setup-ran").exists(), "no setup");
+    let st = rig.status().await;
+    assert!(st.job_started_at.is_none());
+    assert!(st.gpu_wait_started_at.is_some() && st.gpu_ready_at.is_none());
+    assert_eq!(st.end.unwrap().reason, EndReason::GpuUnavailable);
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn one_of_two_gpus_is_gpu_unavailable_saying_1_of_2() {
+    let rig = Rig::new();
+    *rig.gpu.0.lock().unwrap() = gpus(97.0, 1);
+    let out = rig.run(gpu_spec(&rig, "touch job-ran", 2, 3)).await;
+    assert_eq!(out.end.reason, EndReason::GpuUnavailable, "{:?}", out.end);
+    assert!(out.end.message.contains("1 of 2"), "{}", out.end.message);
+    assert!(!rig.work.path().join("job-ran").exists());
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn gpus_lost_or_failing_mid_run_are_a_warning_and_the_run_goes_on() {
+    let rig = Rig::new();
+    let mut spec = gpu_spec(&rig, "sleep 5; echo done", 8, 60);
+    spec.policies.gpu_idle.window_secs = 1;
+    let lost = gpu_later(&rig, Duration::from_millis(1500), gpus(97.0, 7));
+    let failing = gpu_later(&rig, Duration::from_millis(3000), driver_failed());
+    let out = rig.run(spec).await;
+    let _ = (lost.await, failing.await);
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = rig.status().await;
+    let lost: Vec<&String> = st
+        .warnings
+        .iter()
+        .filter(|w| w.contains("went missing"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{:?}", st.warnings);
+    assert!(lost[0].contains("7 of 8"), "{}", lost[0]);
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn a_restart_during_the_wait_keeps_counting_the_first_window() {
+    let rig = Rig::new();
+    *rig.gpu.0.lock().unwrap() = driver_failed();
+    let first = chrono::Utc::now() - chrono::Duration::seconds(25);
+    state::save(
+        &state::path_in(rig.state.path()),
+        &AgentState {
+            run_id: cloudrun::RunId::parse("20261126-071500-ab12").unwrap(),
+            boot_id: "an-earlier-boot".into(),
+            agent_started_at: first,
+            starts: 1,
+            budget_warned: false,
+            gpu_wait_started_at: Some(first),
+            stage: Stage::Preparing,
+        },
+    );
+    // A 30 s window that began 25 s ago, in the boot before the driver's reboot.
+    let out = rig.run(gpu_spec(&rig, "touch job-ran", 1, 30)).await;
+    assert_eq!(out.end.reason, EndReason::GpuUnavailable, "{:?}", out.end);
+    let st = rig.status().await;
+    assert_eq!(
+        st.gpu_wait_started_at.map(|t| t.timestamp_millis()),
+        Some(first.timestamp_millis()),
+        "the window counts from the first boot's wait"
+    );
+    let waited = (st.ended_at.unwrap() - first).num_seconds();
+    assert!(
+        (30..60).contains(&waited),
+        "{waited} s since the first wait"
+    );
+    assert!(!rig.work.path().join("job-ran").exists());
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn local_runs_and_runs_without_gpus_do_not_wait() {
+    let mut rig = Rig::new();
+    rig.vm = false;
+    *rig.gpu.0.lock().unwrap() = driver_failed();
+    let mut spec = gpu_spec(&rig, "echo ok", 1, 600);
+    spec.placement.provider = cloudrun::spec::Provider::Local;
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    assert!(rig.status().await.gpu_wait_started_at.is_none());
+
+    let rig = Rig::new();
+    *rig.gpu.0.lock().unwrap() = driver_failed();
+    let out = rig.run(gpu_spec(&rig, "echo ok", 0, 600)).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    assert!(rig.status().await.gpu_wait_started_at.is_none());
 }

@@ -261,6 +261,7 @@ fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Launching => "launching",
         Phase::Pulling => "pulling",
+        Phase::WaitingForGpu => "waiting_for_gpu",
         Phase::Setup => "setup",
         Phase::Running => "running",
         Phase::Stopping => "stopping",
@@ -377,7 +378,7 @@ pub async fn status_table(
     }
     writeln!(
         out,
-        "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  END",
+        "{:<22} {:<15} {:<16} {:<14} {:>10} {:>8}  END",
         "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST"
     )?;
     for v in &views {
@@ -394,7 +395,7 @@ pub async fn status_table(
         }
         writeln!(
             out,
-            "{:<22} {:<10} {:<16} {:<14} {:>10} {:>8}  {}",
+            "{:<22} {:<15} {:<16} {:<14} {:>10} {:>8}  {}",
             v.run.as_str(),
             phase_name(v.phase()),
             v.zone(),
@@ -530,6 +531,9 @@ async fn print_status_body(
                 .map(|b| format!(" (budget ${b:.2})"))
                 .unwrap_or_default()
         )?;
+        if let Some(line) = gpu_wait_line(v, s, now) {
+            writeln!(out, "gpu wait {line}")?;
+        }
         if let Some(g) = &s.last_gpu {
             let util: Vec<String> = g
                 .gpus
@@ -585,6 +589,35 @@ async fn print_status_body(
         writeln!(out, "gpu util {}", sparkline(&samples))?;
     }
     Ok(())
+}
+
+/// How the wait for the plan's GPUs went (or goes): `None` for runs that did not wait.
+fn gpu_wait_line(v: &RunView, s: &RunStatus, now: DateTime<Utc>) -> Option<String> {
+    let started = s.gpu_wait_started_at?;
+    let fmt = |secs: i64| cloudrun::billing::format_secs(secs.max(0) as u64);
+    if let Some(ready) = s.gpu_ready_at {
+        return Some(format!(
+            "{} until the GPUs answered (billed as boot)",
+            fmt((ready - started).num_seconds())
+        ));
+    }
+    let until = s.ended_at.unwrap_or(now);
+    let waited = fmt((until - started).num_seconds());
+    if s.phase.is_terminal() {
+        return Some(format!("{waited}: the GPUs never answered"));
+    }
+    let window = v
+        .spec
+        .as_ref()
+        .map(|sp| format!(" of {}", fmt(sp.policies.gpu_ready_secs as i64)))
+        .unwrap_or_default();
+    let last = s
+        .last_gpu
+        .as_ref()
+        .and_then(|g| g.error.clone())
+        .map(|e| format!("; nvidia-smi: {e}"))
+        .unwrap_or_default();
+    Some(format!("{waited}{window} so far{last}"))
 }
 
 /// Print the log chunks not printed yet (in name order); returns how many were printed.
@@ -764,7 +797,7 @@ pub async fn ls(
     let vms = live_vms(compute).await;
     writeln!(
         out,
-        "{:<22} {:<10} {:<14} {:>8}  VM",
+        "{:<22} {:<15} {:<14} {:>8}  VM",
         "RUN", "PHASE", "GPU", "COST"
     )?;
     let mut shown = BTreeSet::new();
@@ -784,7 +817,7 @@ pub async fn ls(
         }
         writeln!(
             out,
-            "{:<22} {:<10} {:<14} {:>8}  {}",
+            "{:<22} {:<15} {:<14} {:>8}  {}",
             id.as_str(),
             phase,
             v.gpu(),
@@ -797,7 +830,7 @@ pub async fn ls(
             for (run, i) in m.iter().filter(|(r, _)| !shown.contains(*r)) {
                 writeln!(
                     out,
-                    "{:<22} {:<10} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]",
+                    "{:<22} {:<15} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]",
                     run,
                     "-",
                     "-",
@@ -921,7 +954,7 @@ pub async fn ls_local(
     let ids = store.run_ids().await?;
     writeln!(
         out,
-        "{:<22} {:<10} {:<14} {:>8}  VM",
+        "{:<22} {:<15} {:<14} {:>8}  VM",
         "RUN", "PHASE", "GPU", "COST"
     )?;
     for id in ids.iter().rev() {
@@ -941,7 +974,7 @@ pub async fn ls_local(
         };
         writeln!(
             out,
-            "{:<22} {:<10} {:<14} {:>8}  {}",
+            "{:<22} {:<15} {:<14} {:>8}  {}",
             id.as_str(),
             phase,
             gpu,

@@ -14,7 +14,9 @@
 //! - **Booting**: a RUNNING instance runs its `startup-script` as a child process in a
 //!   private root directory, the way the guest agent does, with the environment the
 //!   cloudrun startup script honours pointed at this emulator, the test's GCS emulator and
-//!   an `nvidia-smi` stand-in ([`GpuMode`]). Every process of the VM carries a marker
+//!   an `nvidia-smi` stand-in ([`GpuMode`]) that shows the GPUs the insert body gave the
+//!   VM (`guestAccelerators`, or those built into a G2/A2/A3 machine type) with the values
+//!   of the recorded H200 captures, or fewer ([`GceEmulator::set_gpus_visible`]). Every process of the VM carries a marker
 //!   variable; deleting, stopping, preempting or the `maxRunDuration` deadline signals all
 //!   of them (SIGTERM, grace, SIGKILL), as the cloud's power-off would. Without systemd the
 //!   emulator plays its `Restart=always` part by re-running the startup script when the
@@ -84,6 +86,9 @@ pub struct GceConfig {
     pub max_run_duration_cap: Option<Duration>,
     /// What the `nvidia-smi` stand-in answers on new VMs.
     pub gpu: GpuMode,
+    /// How many of its GPUs a new VM's `nvidia-smi` shows (`None`: all it carries; fewer
+    /// is a GPU the driver lost).
+    pub gpus_visible: Option<u32>,
     /// Extra environment for the VMs' processes (e.g. `RUST_LOG`).
     pub vm_env: Vec<(String, String)>,
     /// Image families that `images.getFromFamily` answers 404 for (retired).
@@ -106,6 +111,7 @@ impl Default for GceConfig {
             restart_after: Some(Duration::from_millis(DEFAULT_RESTART_MILLIS)),
             max_run_duration_cap: None,
             gpu: GpuMode::Busy,
+            gpus_visible: None,
             vm_env: Vec::new(),
             retired_families: Vec::new(),
         }
@@ -196,6 +202,7 @@ pub(crate) struct State {
     pub events: Vec<VmEvent>,
     pub kept_disks: Vec<String>,
     pub gpu: GpuMode,
+    pub gpus_visible: Option<u32>,
     /// Roots of deleted VMs, kept for assertions.
     pub old_roots: BTreeMap<String, PathBuf>,
 }
@@ -281,6 +288,7 @@ impl GceEmulator {
                 events: Vec::new(),
                 kept_disks: Vec::new(),
                 gpu: cfg.gpu,
+                gpus_visible: cfg.gpus_visible,
                 old_roots: BTreeMap::new(),
             }),
             next_id: AtomicU64::new(1_000_000_000_000 + u64::from(port)),
@@ -418,6 +426,22 @@ impl GceEmulator {
         };
         for r in roots {
             vm::write_gpu_mode(&r, mode);
+        }
+    }
+
+    /// How many of its GPUs each VM's `nvidia-smi` shows, now and on new VMs (`None`: all
+    /// it carries; `Some(0)`: "No devices were found").
+    pub fn set_gpus_visible(&self, visible: Option<u32>) {
+        let vms: Vec<(PathBuf, Option<Vec<vm::Gpu>>)> = {
+            let mut st = self.shared.lock();
+            st.gpus_visible = visible;
+            st.instances
+                .values()
+                .filter_map(|i| i.vm.as_ref().map(|v| (v.root.clone(), v.gpus.clone())))
+                .collect()
+        };
+        for (root, gpus) in vms {
+            vm::write_gpu_replies(&root, gpus.as_deref(), visible);
         }
     }
 

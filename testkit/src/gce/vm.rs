@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use serde_json::Value;
 
 use super::{metadata, Shared};
 
@@ -49,6 +50,184 @@ impl GpuMode {
 pub(crate) struct Vm {
     pub tag: String,
     pub root: PathBuf,
+    /// What the instance carries (`None`: the emulator cannot tell from the body).
+    pub gpus: Option<Vec<Gpu>>,
+}
+
+/// One GPU of an emulated VM, as `nvidia-smi` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gpu {
+    pub name: &'static str,
+    pub mem_total_mib: u32,
+}
+
+/// Accelerator type → the GPU `nvidia-smi` shows (names from real replies and Google's
+/// GPU pages; memory as the driver reports it).
+const ACCELERATORS: &[(&str, Gpu)] = &[
+    (
+        "nvidia-tesla-t4",
+        Gpu {
+            name: "Tesla T4",
+            mem_total_mib: 15360,
+        },
+    ),
+    (
+        "nvidia-tesla-p4",
+        Gpu {
+            name: "Tesla P4",
+            mem_total_mib: 7680,
+        },
+    ),
+    (
+        "nvidia-tesla-v100",
+        Gpu {
+            name: "Tesla V100-SXM2-16GB",
+            mem_total_mib: 16384,
+        },
+    ),
+    (
+        "nvidia-tesla-p100",
+        Gpu {
+            name: "Tesla P100-PCIE-16GB",
+            mem_total_mib: 16384,
+        },
+    ),
+    (
+        "nvidia-l4",
+        Gpu {
+            name: "NVIDIA L4",
+            mem_total_mib: 23034,
+        },
+    ),
+    (
+        "nvidia-tesla-a100",
+        Gpu {
+            name: "NVIDIA A100-SXM4-40GB",
+            mem_total_mib: 40960,
+        },
+    ),
+    (
+        "nvidia-a100-80gb",
+        Gpu {
+            name: "NVIDIA A100-SXM4-80GB",
+            mem_total_mib: 81920,
+        },
+    ),
+    (
+        "nvidia-h100-80gb",
+        Gpu {
+            name: "NVIDIA H100 80GB HBM3",
+            mem_total_mib: 81559,
+        },
+    ),
+    (
+        "nvidia-h100-mega-80gb",
+        Gpu {
+            name: "NVIDIA H100 80GB HBM3",
+            mem_total_mib: 81559,
+        },
+    ),
+    (
+        "nvidia-h200-141gb",
+        Gpu {
+            name: "NVIDIA H200",
+            mem_total_mib: 143771,
+        },
+    ),
+];
+
+/// Machine-type prefix → the accelerator type built into it (G2, A2, A3).
+const BUILT_IN: &[(&str, &str)] = &[
+    ("g2-standard-", "nvidia-l4"),
+    ("a2-highgpu-", "nvidia-tesla-a100"),
+    ("a2-megagpu-", "nvidia-tesla-a100"),
+    ("a2-ultragpu-", "nvidia-a100-80gb"),
+    ("a3-highgpu-", "nvidia-h100-80gb"),
+    ("a3-edgegpu-", "nvidia-h100-80gb"),
+    ("a3-megagpu-", "nvidia-h100-mega-80gb"),
+    ("a3-ultragpu-", "nvidia-h200-141gb"),
+];
+
+fn accelerator(t: &str) -> Option<Gpu> {
+    let short = t.rsplit('/').next().unwrap_or(t);
+    ACCELERATORS
+        .iter()
+        .find(|(a, _)| *a == short)
+        .map(|(_, g)| *g)
+}
+
+/// The GPUs an insert body gives its VM: `guestAccelerators` (N1), else the ones built
+/// into a G2/A2/A3 machine type (`-Ng` is N GPUs; G2 by its vCPUs). `None` when there are
+/// none or the type is not in the tables.
+pub(crate) fn gpus_of(body: &Value) -> Option<Vec<Gpu>> {
+    let mut out = Vec::new();
+    for a in body["guestAccelerators"].as_array().into_iter().flatten() {
+        let gpu = accelerator(a["acceleratorType"].as_str()?)?;
+        let n = a["acceleratorCount"]
+            .as_u64()
+            .or_else(|| a["acceleratorCount"].as_str()?.parse().ok())
+            .unwrap_or(1);
+        out.extend(std::iter::repeat_n(gpu, n as usize));
+    }
+    if !out.is_empty() {
+        return Some(out);
+    }
+    let mt = body["machineType"].as_str()?;
+    let mt = mt.rsplit('/').next().unwrap_or(mt);
+    let (prefix, acc) = BUILT_IN.iter().find(|(p, _)| mt.starts_with(p))?;
+    let size = &mt[prefix.len()..];
+    let n: usize = if *prefix == "g2-standard-" {
+        match size.parse::<u32>().ok()? {
+            24 => 2,
+            48 => 4,
+            96 => 8,
+            _ => 1,
+        }
+    } else {
+        size.strip_suffix('g')?.parse().ok()?
+    };
+    Some(vec![accelerator(acc)?; n])
+}
+
+/// The stand-in's reply for `gpus` (the first `visible` of them): the recorded H200
+/// `capture` line once per GPU, with that GPU's index, uuid, name and memory. Without
+/// known GPUs the capture as it is.
+pub(crate) fn render_reply(gpus: Option<&[Gpu]>, visible: Option<u32>, capture: &str) -> String {
+    let Some(gpus) = gpus else {
+        return capture.to_string();
+    };
+    let line = capture.lines().next().unwrap_or_default();
+    let f: Vec<&str> = line.split(", ").collect();
+    if f.len() != 9 {
+        return capture.to_string();
+    }
+    let uuid_base = &f[1][..f[1].len().saturating_sub(4)];
+    let n = visible.map_or(gpus.len(), |v| gpus.len().min(v as usize));
+    gpus[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            format!(
+                "{i}, {uuid_base}{i:04x}, {}, {}, {}, {}, {}, {}, {}\n",
+                g.name, f[3], f[4], f[5], g.mem_total_mib, f[7], f[8]
+            )
+        })
+        .collect()
+}
+
+/// Write the busy and idle replies of a VM (atomically: the stand-in may be reading).
+pub(crate) fn write_gpu_replies(root: &Path, gpus: Option<&[Gpu]>, visible: Option<u32>) {
+    let f = fixtures();
+    for (mode, file) in [
+        ("busy", "h200-busy-real.txt"),
+        ("idle", "h200-idle-real.txt"),
+    ] {
+        let capture = std::fs::read_to_string(f.join(file)).unwrap_or_default();
+        let tmp = root.join(format!(".gpu-reply-{mode}"));
+        if std::fs::write(&tmp, render_reply(gpus, visible, &capture)).is_ok() {
+            let _ = std::fs::rename(&tmp, root.join(format!("gpu-reply-{mode}")));
+        }
+    }
 }
 
 fn fixtures() -> PathBuf {
@@ -59,8 +238,10 @@ pub(crate) fn write_gpu_mode(root: &Path, mode: GpuMode) {
     let _ = std::fs::write(root.join("gpu-mode"), mode.word());
 }
 
-/// The stand-in: answers from the fixture the mode file names and logs each call
-/// (`<unix time> <mode>`) so benchmarks can see the last busy sample.
+/// The stand-in: answers with the reply the mode file names (the VM's GPUs, from the
+/// recorded captures, see [`render_reply`]; "No devices were found" when none is
+/// visible) and logs each call (`<unix time> <mode>`) so benchmarks can see the last busy
+/// sample.
 fn write_nvidia_smi(root: &Path) -> PathBuf {
     let f = fixtures();
     let script = format!(
@@ -69,8 +250,9 @@ fn write_nvidia_smi(root: &Path) -> PathBuf {
 mode="$(cat '{root}/gpu-mode' 2>/dev/null || echo busy)"
 echo "$(date +%s.%N) $mode" >> '{root}/nvidia-smi.log'
 case "$mode" in
-  busy) cat '{f}/h200-busy-real.txt' ;;
-  idle) cat '{f}/h200-idle-real.txt' ;;
+  busy|idle)
+    if [ -s "{root}/gpu-reply-$mode" ]; then cat "{root}/gpu-reply-$mode"
+    else cat '{f}/no-devices.txt'; exit 6; fi ;;
   *) cat '{f}/driver-failed.txt'; exit 9 ;;
 esac
 "#,
@@ -133,10 +315,14 @@ pub(crate) fn started(s: &Arc<Shared>, key: &str) {
         {
             let mut st = s.lock();
             write_gpu_mode(&root, st.gpu);
+            let visible = st.gpus_visible;
             if let Some(i) = st.instances.get_mut(key) {
+                let gpus = gpus_of(&i.body);
+                write_gpu_replies(&root, gpus.as_deref(), visible);
                 i.vm = Some(Vm {
                     tag: tag.clone(),
                     root: root.clone(),
+                    gpus,
                 });
             }
         }
@@ -463,4 +649,50 @@ pub(crate) fn preempt(s: &Arc<Shared>, name: &str) {
             .unwrap_or(true);
         finish_shutdown(&s2, &key, delete, "preempted");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn gpus_come_from_guest_accelerators_or_the_machine_type() {
+        let n1 = json!({"machineType": "zones/z/machineTypes/n1-standard-16",
+            "guestAccelerators": [{"acceleratorType": "zones/z/acceleratorTypes/nvidia-tesla-t4", "acceleratorCount": 2}]});
+        let g = gpus_of(&n1).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].name, "Tesla T4");
+        for (mt, n, name) in [
+            ("g2-standard-8", 1, "NVIDIA L4"),
+            ("g2-standard-24", 2, "NVIDIA L4"),
+            ("a2-highgpu-4g", 4, "NVIDIA A100-SXM4-40GB"),
+            ("a2-megagpu-16g", 16, "NVIDIA A100-SXM4-40GB"),
+            ("a3-highgpu-8g", 8, "NVIDIA H100 80GB HBM3"),
+            ("a3-ultragpu-8g", 8, "NVIDIA H200"),
+        ] {
+            let g =
+                gpus_of(&json!({ "machineType": format!("zones/z/machineTypes/{mt}") })).unwrap();
+            assert_eq!((g.len(), g[0].name), (n, name), "{mt}");
+        }
+        assert_eq!(gpus_of(&json!({"machineType": "e2-standard-4"})), None);
+    }
+
+    #[test]
+    fn the_reply_is_the_real_capture_once_per_visible_gpu() {
+        let capture = std::fs::read_to_string(fixtures().join("h200-busy-real.txt")).unwrap();
+        let l4 = [accelerator("nvidia-l4").unwrap(); 2];
+        let two = render_reply(Some(&l4), None, &capture);
+        let lines: Vec<&str> = two.lines().collect();
+        assert_eq!(lines.len(), 2, "{two}");
+        assert!(lines[0].starts_with("0, GPU-3847c39f-9bcc-47b4-c9df-ce1af3490000, NVIDIA L4, 100, 25, 1139, 23034, 690.73, 63"), "{two}");
+        assert!(lines[1].starts_with("1, "), "{two}");
+        assert_eq!(
+            render_reply(Some(&l4), Some(1), &capture).lines().count(),
+            1
+        );
+        assert_eq!(render_reply(Some(&l4), Some(0), &capture), "");
+        assert_eq!(render_reply(None, None, &capture), capture);
+    }
 }
