@@ -419,4 +419,17 @@ mod tests {
             assert!(err.contains(needle), "{g:?} {m:?}: {err}");
         }
     }
+
+    #[test]
+    fn the_agent_can_tell_every_gpu_kind_by_its_nvidia_smi_name() {
+        // The agent waits for the plan's GPUs by kind: a kind without a row would be
+        // checked by count only.
+        for k in GpuKind::ALL {
+            assert!(
+                cloudrun::gpu_names::words(k.accelerator()).is_some(),
+                "{} has no row in cloudrun::gpu_names",
+                k.accelerator()
+            );
+        }
+    }
 }

@@ -113,7 +113,12 @@ fn m03_gpu_idle_after_busy_stops_the_run() {
 }
 
 #[test]
-fn m04_failing_nvidia_smi_never_counts_as_idle() {
+fn m04_nvidia_smi_failing_for_the_first_20s_then_answering_starts_the_job_after_the_wait() {
+    // This test used to run the job with nvidia-smi failing throughout and expect
+    // `succeeded`. A GPU VM whose nvidia-smi fails before the job is now a GPU that is not
+    // there yet (a driver still installing): the agent waits for it instead of training on
+    // the CPU at GPU prices, and bills the wait as boot. "Failing never counts as idle"
+    // moved to m04b, where nvidia-smi fails after the GPUs answered.
     let w = World::new(WorldOpts {
         cfg: GceConfig {
             gpu: GpuMode::Failing,
@@ -121,11 +126,134 @@ fn m04_failing_nvidia_smi_never_counts_as_idle() {
         },
         ..WorldOpts::default()
     });
-    // Runs well past the 8 s idle window with every sample failing.
-    let (run, vm) = w.launch(&["ok", "14", "1"]);
+    let (run, vm) = w.launch(&["ok", "3", "1"]);
+    let mut started = None;
+    w.wait_for("the agent to wait for the GPU", &vm, || {
+        started = w.status(&run).and_then(|s| {
+            (s["phase"] == "waiting_for_gpu")
+                .then(|| s["gpu_wait_started_at"].as_str().map(str::to_string))
+                .flatten()
+        });
+        started.is_some()
+    });
+    let started: chrono::DateTime<chrono::Utc> = started.unwrap().parse().unwrap();
+    let answer_at = started + chrono::Duration::seconds(20);
+    if let Ok(d) = (answer_at - chrono::Utc::now()).to_std() {
+        std::thread::sleep(d);
+    }
+    let st = w.status(&run).unwrap();
+    assert_eq!(
+        st["phase"], "waiting_for_gpu",
+        "still waiting after 20 s: {st}"
+    );
+    assert!(st["job_started_at"].is_null(), "{st}");
+    w.emu.set_gpu(GpuMode::Busy);
     let st = w.wait_ended(&run, &vm);
     assert_eq!(reason(&st), "succeeded", "{st}");
+    let at = |k: &str| -> chrono::DateTime<chrono::Utc> {
+        st[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {st}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        at("gpu_ready_at") - at("gpu_wait_started_at") >= chrono::Duration::seconds(20),
+        "{st}"
+    );
+    assert!(at("job_started_at") >= at("gpu_ready_at"), "{st}");
+    // The receipt bills the wait before the job (its boot part), not as training.
+    let r = &st["receipt"];
+    assert!(r["setup_secs"].as_u64().unwrap() >= 20, "{st}");
     assert_cleaned_up(&w, &run, &vm);
+    let status = text(&w.run(&["status", &run]));
+    assert!(status.contains("until the GPUs answered"), "{status}");
+}
+
+#[test]
+fn m04b_nvidia_smi_failing_mid_run_never_counts_as_idle_and_the_run_succeeds() {
+    let w = World::new(WorldOpts::default());
+    // Runs well past the 8 s idle window with every sample after the start failing.
+    let (run, vm) = w.launch(&["ok", "14", "1"]);
+    w.wait_for("the job to run with a busy GPU", &vm, || {
+        w.status(&run)
+            .is_some_and(|s| s["phase"] == "running" && s["gpu_ready_at"].is_string())
+    });
+    w.emu.set_gpu(GpuMode::Failing);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    assert!(
+        !st["warnings"].to_string().contains("went missing"),
+        "a failing nvidia-smi is unknown, not lost GPUs: {st}"
+    );
+    assert_cleaned_up(&w, &run, &vm);
+}
+
+/// A run that ended `gpu_unavailable`: no job process ever started (no line of its
+/// output, no checkpoint, no start in the status or the agent's log), and the VM was
+/// deleted exactly once.
+fn assert_no_job_and_deleted_once(w: &World, run: &str, vm: &str, st: &serde_json::Value) {
+    assert!(st["job_started_at"].is_null(), "{st}");
+    assert!(st["gpu_ready_at"].is_null(), "{st}");
+    w.wait_gone(vm);
+    let deletes = w.deletes(vm);
+    if deletes.len() != 1 {
+        w.dump(vm);
+    }
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(w.vm_outputs(vm).is_empty(), "the job wrote checkpoints");
+    let logs = String::from_utf8_lossy(&w.run(&["logs", run]).stdout).to_string();
+    assert!(!logs.contains("step 1"), "{logs}");
+    let root = w.emu.vm_root(vm).unwrap();
+    let agent_log =
+        std::fs::read_to_string(root.join("var/lib/cloudrun/agent.log")).unwrap_or_default();
+    assert!(!agent_log.contains("job started"), "{agent_log}");
+}
+
+#[test]
+fn m18_nvidia_smi_failing_throughout_a_30s_window_ends_gpu_unavailable_vm_deleted_once() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            gpu: GpuMode::Failing,
+            ..GceConfig::default()
+        },
+        policies: "gpu_ready_secs = 30".into(),
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["ok", "3", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "gpu_unavailable", "{st}");
+    let msg = st["end"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1 × nvidia-l4")
+            && msg.contains("couldn't communicate with the NVIDIA driver"),
+        "the final status says what nvidia-smi answered last: {msg}"
+    );
+    assert_no_job_and_deleted_once(&w, &run, &vm, &st);
+    let status = w.run(&["status", &run]);
+    let s = text(&status);
+    assert!(
+        s.contains("GPUs unavailable") && s.contains("never answered"),
+        "{s}"
+    );
+}
+
+#[test]
+fn m19_one_gpu_answering_for_a_two_gpu_plan_ends_gpu_unavailable_1_of_2() {
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            gpus_visible: Some(1),
+            ..GceConfig::default()
+        },
+        policies: "gpu_ready_secs = 10".into(),
+        ..WorldOpts::default()
+    });
+    let (run, vm, _) = w.launch_with_flags(&["--gpu", "l4:2"], &["ok", "3", "1"]);
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "gpu_unavailable", "{st}");
+    let msg = st["end"]["message"].as_str().unwrap();
+    assert!(msg.contains("1 of 2"), "{msg}");
+    assert_no_job_and_deleted_once(&w, &run, &vm, &st);
 }
 
 /// The quoted price, from the spec inside a `--dry-run` body.

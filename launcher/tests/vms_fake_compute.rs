@@ -305,3 +305,83 @@ async fn status_flags_a_finished_run_whose_vm_is_still_up() {
     );
     assert_eq!(w.fake.delete_count(), 0, "status never deletes");
 }
+
+#[tokio::test]
+async fn status_and_ls_show_the_gpu_wait_and_a_gpu_unavailable_end() {
+    const WAITING: &str = "20261126-070000-0006";
+    const UNAVAILABLE: &str = "20261126-070000-0007";
+    let w = world().await;
+    let st = LocalStorage::new(w._dir.path());
+    let now = Utc::now();
+    let driver = "nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.";
+    let mut waiting = status(
+        WAITING,
+        Phase::WaitingForGpu,
+        Duration::seconds(5),
+        Some(("us-central1-a", "cr-waiting")),
+    );
+    waiting.gpu_wait_started_at = Some(now - Duration::seconds(125));
+    waiting.last_gpu = Some(cloudrun::status::GpuSample {
+        at: now - Duration::seconds(5),
+        gpus: vec![],
+        error: Some(driver.into()),
+    });
+    put_status(&st, &waiting).await;
+    let mut unavailable = status(
+        UNAVAILABLE,
+        Phase::Ended,
+        Duration::hours(1),
+        Some(("us-central1-a", "cr-unavailable")),
+    );
+    let ended = unavailable.ended_at.unwrap();
+    unavailable.gpu_wait_started_at = Some(ended - Duration::seconds(600));
+    unavailable.end = Some(EndInfo {
+        reason: EndReason::GpuUnavailable,
+        exit_code: None,
+        signal: None,
+        message: "2 × nvidia-l4 did not answer nvidia-smi within 10m 00s (policies.gpu_ready_secs); its last answer: nvidia-smi shows 1 of 2 GPUs (NVIDIA L4)".into(),
+    });
+    put_status(&st, &unavailable).await;
+
+    let (_, one) = w.inv.cmd(&["status", WAITING]).await;
+    assert!(one.contains("phase    waiting_for_gpu"), "{one}");
+    let line = line_of(&one, "gpu wait");
+    assert!(
+        line.contains("so far") && line.contains("couldn't communicate with the NVIDIA driver"),
+        "{one}"
+    );
+    let (_, one) = w.inv.cmd(&["status", UNAVAILABLE]).await;
+    assert!(
+        line_of(&one, "end ").contains("GPUs unavailable: 2 × nvidia-l4 did not answer")
+            && one.contains("1 of 2 GPUs"),
+        "{one}"
+    );
+    assert!(
+        line_of(&one, "gpu wait").contains("10m 00s: the GPUs never answered"),
+        "{one}"
+    );
+
+    let (_, table) = w.inv.cmd(&["status"]).await;
+    assert!(
+        line_of(&table, WAITING).contains("waiting_for_gpu "),
+        "{table}"
+    );
+    assert!(
+        line_of(&table, UNAVAILABLE).contains("GPUs unavailable"),
+        "{table}"
+    );
+    let (_, json) = w.inv.cmd(&["status", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(WAITING)["phase"], "waiting_for_gpu");
+    assert_eq!(row(UNAVAILABLE)["end_reason"], "gpu_unavailable");
+    let (_, ls) = w.inv.cmd(&["ls"]).await;
+    assert!(line_of(&ls, WAITING).contains("waiting_for_gpu "), "{ls}");
+}

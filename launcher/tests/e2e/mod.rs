@@ -211,7 +211,18 @@ impl World {
 
     /// [`World::launch`], also handing back the launcher's output.
     pub fn launch_with_output(&self, train_args: &[&str]) -> (String, String, Output) {
-        let mut args = vec!["train.py"];
+        self.launch_with_flags(&[], train_args)
+    }
+
+    /// Launch `cloudrun-launch FLAGS train.py ARGS`; the run id, the VM's name and the
+    /// launcher's output.
+    pub fn launch_with_flags(
+        &self,
+        flags: &[&str],
+        train_args: &[&str],
+    ) -> (String, String, Output) {
+        let mut args = flags.to_vec();
+        args.push("train.py");
         args.extend_from_slice(train_args);
         let out = self.run(&args);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
