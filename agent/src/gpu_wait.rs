@@ -38,7 +38,29 @@ pub enum Verdict {
     Missing(String),
 }
 
+/// A `--expect` value that is not `ACCELERATOR:COUNT`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not ACCELERATOR:COUNT: write e.g. nvidia-l4:2 (the accelerator type as the run spec's placement.gpu names it, and how many)")]
+pub struct BadExpectation(pub String);
+
 impl Expected {
+    /// `nvidia-l4:2` (or `nvidia-l4`, one GPU), as `cloudrun-agent gpu-probe --expect`
+    /// takes it.
+    pub fn parse(text: &str) -> Result<Expected, BadExpectation> {
+        let bad = || BadExpectation(text.to_string());
+        let (acc, count) = match text.rsplit_once(':') {
+            Some((a, c)) => (a, c.parse::<u32>().map_err(|_| bad())?),
+            None => (text, 1),
+        };
+        if acc.is_empty() || count == 0 {
+            return Err(bad());
+        }
+        Ok(Expected {
+            count,
+            accelerator: Some(acc.to_string()),
+        })
+    }
+
     /// What `spec` waits for, and the window in seconds; `None` when it does not wait
     /// (local runs, no GPUs, `policies.gpu_ready_secs = 0`).
     pub fn from_spec(spec: &RunSpec) -> Option<(Expected, u64)> {
@@ -309,6 +331,54 @@ mod tests {
             expect(0, "nvidia-l4").judge(&GpuState::Readings(vec![])),
             Verdict::Missing(_)
         ));
+    }
+
+    #[test]
+    fn expectations_parse_from_accelerator_and_count() {
+        assert_eq!(
+            Expected::parse("nvidia-l4:2").unwrap(),
+            expect(2, "nvidia-l4")
+        );
+        assert_eq!(
+            Expected::parse("nvidia-h200-141gb").unwrap(),
+            expect(1, "nvidia-h200-141gb")
+        );
+        for bad in ["", ":2", "nvidia-l4:0", "nvidia-l4:two"] {
+            let e = Expected::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("nvidia-l4:2"), "{bad}: {e}");
+        }
+    }
+
+    /// The device check: on a machine with GPUs, `CLOUDRUN_GPU_EXPECT=nvidia-h200-141gb:1
+    /// cargo test -p cloudrun-agent --lib -- --ignored the_real_nvidia_smi` runs the wait's
+    /// judgement against the real `nvidia-smi` (or `CLOUDRUN_NVIDIA_SMI`): it must be
+    /// ready at the first probe, with that count and kind.
+    #[tokio::test]
+    #[ignore = "needs a GPU machine and CLOUDRUN_GPU_EXPECT"]
+    async fn the_real_nvidia_smi_satisfies_the_wait_at_the_first_probe() {
+        use crate::gpu::GpuProbe;
+        let want = std::env::var("CLOUDRUN_GPU_EXPECT")
+            .expect("set CLOUDRUN_GPU_EXPECT=ACCELERATOR:COUNT for this machine");
+        let e = Expected::parse(&want).unwrap();
+        let t0 = std::time::Instant::now();
+        let state = crate::gpu::NvidiaSmi::from_env().probe().await;
+        let mut w = Wait::new(e.clone(), Utc::now(), 600);
+        let ready = w.observe(&state);
+        println!("{want}: {ready:?} in {:?} ({state:?})", t0.elapsed());
+        let ready = ready.unwrap_or_else(|| panic!("not ready: {:?}", w.last));
+        assert!(ready.starts_with(&format!("{} × ", e.count)), "{ready}");
+        // One more GPU than the machine has is not ready, and says how many there are.
+        let more = Expected {
+            count: e.count + 1,
+            ..e
+        };
+        match more.judge(&state) {
+            Verdict::Missing(m) => assert!(
+                m.contains(&format!("{} of {}", more.count - 1, more.count)),
+                "{m}"
+            ),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use cloudrun_agent::gpu::{classify, GpuState, NvidiaSmi};
+use cloudrun_agent::gpu_wait::{Expected, Verdict};
 
 /// The cloudrun agent: supervises one training run on a VM and deletes the VM when the
 /// run ends, stalls, idles, spends its budget or hits its time limit.
@@ -49,6 +50,10 @@ enum Command {
         /// Seconds between samples.
         #[arg(long, default_value_t = 5)]
         interval_secs: u64,
+        /// Also judge each sample the way the agent's wait before the job does, e.g.
+        /// `nvidia-l4:2`; exits 9 (gpu_unavailable's code) when the last one is not ready.
+        #[arg(long, value_name = "ACCELERATOR:COUNT")]
+        expect: Option<String>,
     },
 }
 
@@ -90,8 +95,17 @@ fn init_logging(console: Option<std::fs::File>) {
         .init();
 }
 
-async fn gpu_probe(raw: bool, count: u32, interval_secs: u64) -> anyhow::Result<()> {
+/// Sample the GPUs; `Ok(false)` when `--expect` was given and the last sample did not
+/// satisfy it.
+async fn gpu_probe(
+    raw: bool,
+    count: u32,
+    interval_secs: u64,
+    expect: Option<&str>,
+) -> anyhow::Result<bool> {
+    let expect = expect.map(Expected::parse).transpose()?;
     let probe = NvidiaSmi::from_env();
+    let mut ready = true;
     for i in 0..count.max(1) {
         if i > 0 {
             tokio::time::sleep(std::time::Duration::from_secs(interval_secs)).await;
@@ -110,14 +124,23 @@ async fn gpu_probe(raw: bool, count: u32, interval_secs: u64) -> anyhow::Result<
             GpuState::NoGpu(_) => "no_gpu",
             GpuState::Unknown(_) => "unknown",
         };
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "program": probe.program().display().to_string(),
             "state": kind,
             "sample": state.to_sample(now),
         });
+        if let Some(e) = &expect {
+            let (ok, answer) = match e.judge(&state) {
+                Verdict::Ready(s) => (true, s),
+                Verdict::Missing(s) => (false, s),
+            };
+            ready = ok;
+            line["wait"] =
+                serde_json::json!({"expect": e.describe(), "ready": ok, "answer": answer});
+        }
         println!("{}", serde_json::to_string(&line)?);
     }
-    Ok(())
+    Ok(ready)
 }
 
 /// Async worker threads. The agent's work is I/O (the job's pipes, a few HTTP calls), so a
@@ -154,10 +177,12 @@ fn main() {
             raw,
             count,
             interval_secs,
+            expect,
         }) = args.command
         {
-            return match gpu_probe(raw, count, interval_secs).await {
-                Ok(()) => 0,
+            return match gpu_probe(raw, count, interval_secs, expect.as_deref()).await {
+                Ok(true) => 0,
+                Ok(false) => cloudrun::status::EndReason::GpuUnavailable.exit_code(),
                 Err(e) => {
                     eprintln!("cloudrun-agent gpu-probe: {e:#}");
                     1
