@@ -285,7 +285,9 @@ struct Agent {
     /// during it.
     last_gpu_state: Option<GpuState>,
     /// The wait for the plan's GPUs while it runs, and where its "ready" goes.
-    gpu_wait: Option<(gpu_wait::Wait, oneshot::Sender<String>)>,
+    /// The answer is the GPUs' summary and whether an earlier probe of this wait missed
+    /// them.
+    gpu_wait: Option<(gpu_wait::Wait, oneshot::Sender<(String, bool)>)>,
     /// Once the GPUs have answered: warns when some go missing mid-run.
     gpu_loss: Option<LossWatch>,
 }
@@ -637,8 +639,9 @@ impl Agent {
     fn observe_gpu_wait(&mut self, state: &GpuState) {
         if let Some((wait, _)) = self.gpu_wait.as_mut() {
             if let Some(ready) = wait.observe(state) {
+                let missed = wait.missed();
                 if let Some((_, tx)) = self.gpu_wait.take() {
-                    let _ = tx.send(ready);
+                    let _ = tx.send((ready, missed));
                 }
             }
             return;
@@ -659,24 +662,37 @@ impl Agent {
             return Ok(());
         };
         let now = self.deps.clock.now();
+        let continued = self.state.gpu_wait_started_at.is_some();
         let started = *self.state.gpu_wait_started_at.get_or_insert(now);
         self.save_state();
         self.status.gpu_wait_started_at = Some(started);
-        self.status.gpu_ready_at = None;
+        // Set again by an earlier agent process (a restart during setup): kept when the
+        // GPUs are still there at once, so the receipt does not bill setup as the wait.
+        let earlier_ready = self.status.gpu_ready_at.take();
         let mut wait = gpu_wait::Wait::new(expected.clone(), started, window_secs);
         // A probe taken during the pull may already show them.
         let ready = match self.last_gpu_state.clone() {
             Some(state) => wait.observe(&state),
             None => None,
         };
-        let ready = match ready {
-            Some(r) => r,
+        let (ready, ready_at) = match ready {
+            Some(r) => (r, earlier_ready.unwrap_or(now)),
             None => {
-                self.note(&format!(
-                    "waiting up to {} for {} to answer nvidia-smi",
-                    cloudrun::billing::format_secs(window_secs),
-                    expected.describe()
-                ));
+                let left = window_secs as f64 - secs_between(started, now);
+                self.note(&if continued {
+                    format!(
+                        "still waiting for {} to answer nvidia-smi: the window began at {}, {} left",
+                        expected.describe(),
+                        started.format("%H:%M:%S UTC"),
+                        cloudrun::billing::format_secs(left.max(0.0) as u64)
+                    )
+                } else {
+                    format!(
+                        "waiting up to {} for {} to answer nvidia-smi",
+                        cloudrun::billing::format_secs(window_secs),
+                        expected.describe()
+                    )
+                });
                 let (tx, rx) = oneshot::channel();
                 self.gpu_wait = Some((wait, tx));
                 self.set_phase(Phase::WaitingForGpu);
@@ -684,7 +700,8 @@ impl Agent {
                 self.gpu_wait = None;
                 match got {
                     Err(end) => return Err(end),
-                    Ok(Ok(r)) => r,
+                    Ok(Ok((r, false))) => (r, earlier_ready.unwrap_or(self.deps.clock.now())),
+                    Ok(Ok((r, true))) => (r, self.deps.clock.now()),
                     // The sender lives in `self.gpu_wait` until it sends.
                     Ok(Err(_)) => {
                         return Err(end_info(
@@ -695,12 +712,11 @@ impl Agent {
                 }
             }
         };
-        let now = self.deps.clock.now();
-        self.status.gpu_ready_at = Some(now);
+        self.status.gpu_ready_at = Some(ready_at);
         self.gpu_loss = Some(LossWatch::new(expected));
         self.note(&format!(
             "GPUs ready after {}: {ready}",
-            cloudrun::billing::format_secs(secs_between(started, now).max(0.0) as u64)
+            cloudrun::billing::format_secs(secs_between(started, ready_at).max(0.0) as u64)
         ));
         self.publish_status();
         Ok(())

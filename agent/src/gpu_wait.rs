@@ -169,6 +169,11 @@ impl Wait {
         }
     }
 
+    /// Whether a probe of this wait found the GPUs missing.
+    pub fn missed(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// The end message when the window is over at `now`. Never before this process saw
     /// one probe: an agent restarted by a driver install's reboot, past the window, gets
     /// to look at the GPUs the reboot brought before it gives up.

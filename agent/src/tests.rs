@@ -1229,7 +1229,52 @@ async fn a_restart_during_the_wait_keeps_counting_the_first_window() {
         "{waited} s since the first wait"
     );
     assert!(!rig.work.path().join("job-ran").exists());
+    assert!(rig
+        .log_text()
+        .await
+        .contains("still waiting for 1 × nvidia-h100-80gb"));
     rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
+async fn a_restart_after_the_gpus_answered_checks_them_again_and_keeps_the_first_answer() {
+    let rig = Rig::new();
+    let run = cloudrun::RunId::parse("20261126-071500-ab12").unwrap();
+    let first = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let ready = first + chrono::Duration::seconds(10);
+    state::save(
+        &state::path_in(rig.state.path()),
+        &AgentState {
+            run_id: run.clone(),
+            boot_id: crate::process::boot_id(),
+            agent_started_at: first,
+            starts: 1,
+            budget_warned: false,
+            gpu_wait_started_at: Some(first),
+            stage: Stage::Preparing,
+        },
+    );
+    // The earlier process recorded the answer, then died during setup.
+    let mut earlier = RunStatus::launching(run.clone(), first, 3.6);
+    earlier.phase = Phase::Setup;
+    earlier.gpu_wait_started_at = Some(first);
+    earlier.gpu_ready_at = Some(ready);
+    rig.storage
+        .put_bytes(
+            &rig.layout.status(&run),
+            bytes::Bytes::from(earlier.to_json()),
+            &cloudrun::PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let out = rig.run(gpu_spec(&rig, "echo ok", 8, 600)).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = rig.status().await;
+    assert_eq!(
+        st.gpu_ready_at.map(|t| t.timestamp_millis()),
+        Some(ready.timestamp_millis()),
+        "setup before the restart is not billed as the wait"
+    );
 }
 
 #[tokio::test]
