@@ -19,6 +19,19 @@ fn happy_path_job_exits_outputs_verified_vm_deleted_once_after_final_sync() {
     w.wait_gone(&vm);
     assert_eq!(reason(&st), "succeeded", "{st}");
     assert!(st["receipt"].is_object(), "{st}");
+    // The stand-in shows the VM's one L4 from the start: the wait finds it at once.
+    let at = |k: &str| -> chrono::DateTime<chrono::Utc> {
+        st[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: {st}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(at("gpu_ready_at") <= at("job_started_at"), "{st}");
+    eprintln!(
+        "gpu wait with the GPU there: {} ms",
+        (at("gpu_ready_at") - at("gpu_wait_started_at")).num_milliseconds()
+    );
     let n = w.assert_outputs_in_store(&run, &vm);
     assert_eq!(n, 5, "4 checkpoints and the model");
 
