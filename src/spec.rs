@@ -74,8 +74,9 @@ pub struct RunSpec {
     #[serde(default)]
     pub policies: Policies,
     pub price: PriceQuote,
-    /// Where the run executes; informational for the agent (which asks the metadata
-    /// server), used by `status`, `ls` and `sweep`.
+    /// Where the run executes, used by `status`, `ls` and `sweep`. The agent asks the
+    /// metadata server where it is, but waits for `gpu_count` GPUs of kind `gpu` from
+    /// here before setup and job ([`RunSpec::gpu_wait`]).
     #[serde(default)]
     pub placement: Placement,
     /// Optional URL that gets a JSON POST on start, preemption, 80 % budget and end.
