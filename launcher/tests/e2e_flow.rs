@@ -351,3 +351,55 @@ fn m07_preemption_notice_syncs_changed_files_and_ends_preempted() {
     );
     w.assert_outputs_in_store(&run, &vm);
 }
+
+#[test]
+fn m20_agent_restarted_during_the_gpu_wait_keeps_counting_the_first_window() {
+    // A driver install that reboots the VM: the agent dies mid-wait and the emulated
+    // `Restart=always` starts it again; the window began before, and still ends on time.
+    let w = World::new(WorldOpts {
+        cfg: GceConfig {
+            gpu: GpuMode::Failing,
+            ..GceConfig::default()
+        },
+        policies: "gpu_ready_secs = 30".into(),
+        ..WorldOpts::default()
+    });
+    let (run, vm) = w.launch(&["ok", "3", "1"]);
+    let mut first = None;
+    w.wait_for("the agent to wait for the GPU", &vm, || {
+        first = w.status(&run).and_then(|s| {
+            (s["phase"] == "waiting_for_gpu")
+                .then(|| s["gpu_wait_started_at"].as_str().map(str::to_string))
+                .flatten()
+        });
+        first.is_some()
+    });
+    let root = w.emu.vm_root(&vm).unwrap();
+    let pid = std::fs::read_to_string(root.join("var/lib/cloudrun/agent.pid")).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(reason(&st), "gpu_unavailable", "{st}");
+    assert!(
+        w.emu
+            .events()
+            .iter()
+            .any(|e| e.instance.contains(&vm) && e.what.contains("Restart=always")),
+        "the agent was not restarted"
+    );
+    assert_eq!(
+        st["gpu_wait_started_at"].as_str(),
+        first.as_deref(),
+        "the restarted agent kept the first window: {st}"
+    );
+    let agent_log =
+        std::fs::read_to_string(root.join("var/lib/cloudrun/agent.log")).unwrap_or_default();
+    assert!(
+        agent_log.contains("still waiting for 1 × nvidia-l4"),
+        "{agent_log}"
+    );
+    assert_no_job_and_deleted_once(&w, &run, &vm, &st);
+}
