@@ -258,8 +258,17 @@ struct ScopedList {
     instances: Vec<Instance>,
 }
 
+/// What a path segment must encode: everything but RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`), as Google's own clients do, so `us-central1-a` goes out as it is.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One path segment (a project, zone, instance or operation name), percent-encoded.
 fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
 
 fn zonal(project: &str, zone: &str, rest: &str) -> String {

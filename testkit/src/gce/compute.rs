@@ -101,7 +101,8 @@ async fn not_found_route(req: Request) -> Response {
 /// Record the call; answer an armed fault instead of the handler; require a bearer token.
 async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
-    let path = percent_decode(req.uri().path());
+    let wire_path = req.uri().path().to_string();
+    let path = percent_decode(&wire_path);
     let query = req.uri().query().unwrap_or_default().to_string();
     let request_id = query
         .split('&')
@@ -140,6 +141,7 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
     s.lock().calls.push(Call {
         method,
         path,
+        wire_path,
         query,
         request_id,
         at: SystemTime::now(),

@@ -133,8 +133,12 @@ pub enum ZoneState {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: String,
-    /// Path without the query, e.g. `/compute/v1/projects/p/zones/z/instances/n`.
+    /// Path without the query, percent-decoded, e.g.
+    /// `/compute/v1/projects/p/zones/z/instances/n` (however the client encoded it).
     pub path: String,
+    /// The path exactly as it came over the wire (`us-central1-a` or `us%2Dcentral1%2Da`):
+    /// the emulator accepts both, as Google does, and tests check what clients send.
+    pub wire_path: String,
     pub query: String,
     pub request_id: Option<String>,
     pub at: SystemTime,
