@@ -82,6 +82,21 @@ pub struct RunSpec {
     /// Optional URL that gets a JSON POST on start, preemption, 80 % budget and end.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// Where the run was launched from: what `latest` is matched against, so that
+    /// `stop --now latest` in one project folder never picks another project's run.
+    /// Informational for the agent. Absent in specs written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// The machine and project folder a run was launched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `user@host` of the launch, for people reading `status`.
+    pub by: String,
+    /// The project folder, absolute and with symlinks resolved where it could be.
+    pub project_dir: String,
 }
 
 /// The command, its user and its environment.
@@ -396,6 +411,7 @@ pub(crate) mod tests {
                 ..Placement::default()
             },
             webhook: None,
+            origin: None,
         }
     }
 

@@ -193,6 +193,7 @@ fn main() {
             ..Placement::default()
         },
         webhook: None,
+        origin: None,
     };
     let spec_path = tmp.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_json()).unwrap();

@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::settings::Layer;
 
-const EXAMPLES: &str = "\
+/// The examples under `--help`; the first one is what a new user tries first, and a test
+/// runs it (as a dry run) to keep it working.
+pub const EXAMPLES: &str = "\
 Examples:
-  cloudrun-launch main.py --epochs 50              launch `python3 main.py --epochs 50` on the default GPU settings
+  cloudrun-launch --gpu l4 main.py --epochs 50     launch `python3 main.py --epochs 50` on one L4 GPU
   cloudrun-launch --local --follow main.py         rehearse on this machine: same pipeline, no cloud account
   cloudrun-launch --gpu a100:2 --spot --budget 20 train.py
   cloudrun-launch --dry-run --gpu l4 main.py       print the instances.insert body, create nothing
@@ -24,6 +26,10 @@ Examples:
   cloudrun-launch report 20261126-071500-ab12      SVG plot of GPU utilisation and cumulative cost
   cloudrun-launch config                           resolved settings and where each came from
   cloudrun-launch completions bash > ~/.local/share/bash-completion/completions/cloudrun-launch
+
+RUN is a run id, or `latest`: the newest run launched from this project folder (the current
+directory, or -C DIR), never another project's, so `stop --now latest` cannot end someone
+else's run. `status` without RUN lists every run in the store.
 
 Settings come from flags, then GCP_ACCOUNT, GCLOUD_PROJECT, GCS_DIR, VM_INSTANCE, VM_USER,
 then cloudrun.toml in the project folder, then ~/.config/cloudrun/config.toml.
@@ -158,7 +164,7 @@ pub enum Command {
         after_help = "Examples:\n  cloudrun-launch status\n  cloudrun-launch status latest --json"
     )]
     Status {
-        /// A run id (or `latest`); all runs when absent
+        /// A run id, or `latest` (the newest run of this project folder); all runs when absent
         run: Option<String>,
         /// JSON on stdout, for scripts
         #[arg(long)]
@@ -167,7 +173,7 @@ pub enum Command {
     /// A run's output, from GCS (works after the VM is gone)
     #[command(after_help = "Example:\n  cloudrun-launch logs -f 20261126-071500-ab12")]
     Logs {
-        /// A run id (or `latest`)
+        /// A run id, or `latest` (the newest run of this project folder)
         run: String,
         /// Keep printing new output until the run ends
         #[arg(short, long)]
@@ -176,6 +182,7 @@ pub enum Command {
     /// Download a run's outputs (only changed files)
     #[command(after_help = "Example:\n  cloudrun-launch pull latest --into results/")]
     Pull {
+        /// A run id, or `latest` (the newest run of this project folder)
         run: String,
         /// Where to put them (default: the project folder)
         #[arg(long, value_name = "DIR")]
@@ -186,6 +193,8 @@ pub enum Command {
         after_help = "Examples:\n  cloudrun-launch stop latest\n  cloudrun-launch stop 20261126-071500-ab12 --now"
     )]
     Stop {
+        /// A run id, or `latest` (the newest run of this project folder); the run about to
+        /// end is named before anything is done
         run: String,
         /// Delete the VM right away (outputs not yet synced are lost)
         #[arg(long)]
@@ -197,12 +206,15 @@ pub enum Command {
     /// cloudrun VMs whose run ended or went silent; deleted with --yes
     #[command(after_help = "Examples:\n  cloudrun-launch sweep\n  cloudrun-launch sweep --yes")]
     Sweep {
+        /// Delete the VMs (for --local: kill the agents and close lost runs); without it,
+        /// only list what would go
         #[arg(long)]
         yes: bool,
     },
     /// SVG plot of a run's GPU utilisation and cumulative cost
     #[command(after_help = "Example:\n  cloudrun-launch report latest --out run.svg")]
     Report {
+        /// A run id, or `latest` (the newest run of this project folder)
         run: String,
         /// Output file (default: cloudrun-report-RUN.svg in the current directory)
         #[arg(long, value_name = "FILE")]
@@ -215,7 +227,10 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  cloudrun-launch completions zsh > ~/.zfunc/_cloudrun-launch"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -338,6 +353,39 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_of_every_subcommand_is_described() {
+        let root = Cli::command();
+        let mut missing = Vec::new();
+        let mut check = |cmd: &clap::Command, path: &str| {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+        };
+        check(&root, "cloudrun-launch");
+        for sub in root.get_subcommands() {
+            check(sub, sub.get_name());
+        }
+        assert!(missing.is_empty(), "undescribed arguments: {missing:?}");
+    }
+
+    #[test]
+    fn every_run_argument_says_what_latest_means() {
+        for sub in Cli::command().get_subcommands() {
+            if let Some(a) = sub.get_arguments().find(|a| a.get_id() == "run") {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.contains("newest run of this project folder"),
+                    "{}: {help:?}",
+                    sub.get_name()
+                );
+            }
+        }
     }
 
     #[test]

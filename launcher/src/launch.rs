@@ -162,8 +162,11 @@ pub async fn launch(
     // 2. Code, agent, spec, status.
     let pushed = deps.pusher.push(deps.storage.clone(), plan).await?;
     report(format!(
-        "code: {} files, {} bytes ({} uploaded)",
-        pushed.files, pushed.total_bytes, pushed.bytes_uploaded
+        "code: {} files, {} bytes ({} uploaded) from {}",
+        pushed.files,
+        pushed.total_bytes,
+        pushed.bytes_uploaded,
+        plan.project_dir.display()
     ));
     if upload_agent(deps.storage.as_ref(), plan).await? {
         report(format!(

@@ -3,7 +3,7 @@
 //!
 //! Modules, in the order a launch uses them: [`cli`] (raw arguments), [`settings`]
 //! (values and their sources), [`plan`] (validation, no network), [`gpu`] (shorthands and
-//! machine families), [`body`] (the `instances.insert` JSON), [`credentials`],
+//! machine families; [`zones`] the zones that exist and which offer each GPU), [`body`] (the `instances.insert` JSON), [`credentials`],
 //! [`launch`] with [`push`] (the sync engine) and [`failover`], then [`runs`] and
 //! [`report`] for the subcommands. [`local`] is the `--local` "VM": the same pipeline into
 //! a directory store, with a detached agent on this machine in place of the GPU VM.
@@ -22,6 +22,7 @@ pub mod push;
 pub mod report;
 pub mod runs;
 pub mod settings;
+pub mod zones;
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -76,6 +77,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is stdout closed by the reader (`status | head`, `logs -f | grep -q`):
+    /// `main` then ends quietly, as `head` users expect.
+    pub fn is_broken_pipe(&self) -> bool {
+        is_broken_pipe(self)
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -95,6 +102,21 @@ macro_rules! boxed_from {
     )*};
 }
 boxed_from!(Launch: launch::LaunchError, Runs: runs::RunsError, Compute: cloudrun::compute::ComputeError);
+
+/// Whether `e` or one of its sources is an I/O error of kind `BrokenPipe`.
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
 
 /// An error and its sources on one line, `a: b: c`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -191,18 +213,27 @@ fn normalize(p: &Path) -> PathBuf {
 ///
 /// `-C DIR` names the folder. Otherwise it is the nearest folder from the script's own
 /// folder up to the current directory that holds a `cloudrun.toml`, else the current
-/// directory (so `cloudrun-launch src/train.py` from a project root keeps working), or,
-/// for a script outside the current directory, the script's folder. `plan` refuses `/`
-/// and the home directory as a project folder.
+/// directory (so `cloudrun-launch src/train.py` from a project root keeps working). A
+/// script outside the current directory never makes its own folder the project (that
+/// silently packed whatever sat beside it): the path stays as given, and `plan` refuses
+/// it with the `-C` that would pack it. `plan` also refuses `/` and the home directory.
 fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
     let command = cli.launch_args().command.clone();
     let launching = matches!(cli.command, None | Some(Command::Run(_)));
     if let Some(d) = &cli.global.dir {
-        let dir = if d.is_absolute() {
+        let dir = normalize(&if d.is_absolute() {
             d.clone()
         } else {
             ctx.cwd.join(d)
-        };
+        });
+        // A script is relative to -C DIR; an absolute one inside DIR is made relative.
+        let mut command = command;
+        if let Some(first) = command.first_mut().filter(|_| launching) {
+            let p = normalize(Path::new(first.as_str()));
+            if let Some(rel) = p.strip_prefix(&dir).ok().filter(|_| p.is_absolute()) {
+                *first = rel.to_string_lossy().into_owned();
+            }
+        }
         return (dir, command);
     }
     let cwd = normalize(&ctx.cwd);
@@ -210,6 +241,9 @@ fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
         return (ctx.cwd.clone(), command);
     };
     let path = normalize(&cwd.join(script));
+    if !path.starts_with(&cwd) {
+        return (cwd, command);
+    }
     let home = (ctx.env)("HOME").map(PathBuf::from);
     let mut project = None;
     for dir in path.ancestors().skip(1) {
@@ -221,13 +255,7 @@ fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
             break;
         }
     }
-    let project = project.unwrap_or_else(|| {
-        if path.starts_with(&cwd) {
-            cwd.clone()
-        } else {
-            path.parent().map(Path::to_path_buf).unwrap_or(cwd.clone())
-        }
-    });
+    let project = project.unwrap_or_else(|| cwd.clone());
     let script = match path.strip_prefix(&project) {
         Ok(rel) => rel.to_string_lossy().into_owned(),
         Err(_) => script.clone(),
@@ -276,7 +304,9 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
     let now = Utc::now();
     match &cli.command {
         Some(Command::Config) => {
-            write!(out, "{}", settings.describe())?;
+            let agent = ctx.default_agent.as_deref();
+            let defaults = |k: &str| plan::default_setting(&settings, k, agent);
+            write!(out, "{}", settings.describe_with(&defaults))?;
             Ok(0)
         }
         Some(Command::Completions { shell }) => {
@@ -301,10 +331,14 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
                 ctx.optional_compute(&settings).await
             };
             let c = compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()));
+            let machines = match (is_local(&settings), settings.data_dir.as_deref()) {
+                (true, Some(d)) => runs::Machines::Local(d),
+                _ => runs::Machines::Cloud(c),
+            };
             match run {
-                None => runs::status_table(&store, c, *json, now, out).await?,
+                None => runs::status_table_on(&store, machines, *json, now, out).await?,
                 Some(r) => {
-                    let id = store.resolve(r).await?;
+                    let id = store.resolve(r, &settings.project_dir).await?;
                     let local = settings.data_dir.as_deref();
                     runs::status_one_with(&store, c, local, &id, *json, now, out).await?
                 }
@@ -313,7 +347,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Logs { run, follow }) => {
             let store = open_store(&settings, ctx).await?;
-            let id = store.resolve(run).await?;
+            let id = store.resolve(run, &settings.project_dir).await?;
             let poll = Duration::from_secs(runs::LOG_POLL_SECS);
             let record = settings
                 .data_dir
@@ -333,7 +367,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Pull { run, into }) => {
             let store = open_store(&settings, ctx).await?;
-            let id = store.resolve(run).await?;
+            let id = store.resolve(run, &settings.project_dir).await?;
             // A mistyped id must not look like a run with no outputs.
             store.load(&id).await?;
             let dest = into.clone().unwrap_or_else(|| settings.project_dir.clone());
@@ -342,13 +376,13 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Stop { run, now: at_once }) => {
             let store = open_store(&settings, ctx).await?;
-            let id = store.resolve(run).await?;
+            let id = store.resolve(run, &settings.project_dir).await?;
             if is_local(&settings) {
+                let by = who(ctx.env);
                 match (*at_once, settings.data_dir.as_deref()) {
-                    (true, Some(d)) => {
-                        runs::stop_local_now(&store, d, &id, &who(ctx.env), now, out).await?
-                    }
-                    _ => runs::stop(&store, None, &id, false, &who(ctx.env), now, out).await?,
+                    (true, Some(d)) => runs::stop_local_now(&store, d, &id, &by, now, out).await?,
+                    (false, Some(d)) => runs::stop_local(&store, d, &id, &by, now, out).await?,
+                    (_, None) => runs::stop(&store, None, &id, false, &by, now, out).await?,
                 }
                 return Ok(0);
             }
@@ -398,7 +432,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Report { run, out: file }) => {
             let store = open_store(&settings, ctx).await?;
-            let id = store.resolve(run).await?;
+            let id = store.resolve(run, &settings.project_dir).await?;
             let view = store.load(&id).await?;
             let samples = store.metrics(&id).await?;
             let status = view.status.as_ref();
@@ -465,6 +499,7 @@ async fn follow_run(
     store: &runs::Store,
     id: &cloudrun::RunId,
     alive: Option<runs::AliveCheck<'_>>,
+    local: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<(i32, Option<cloudrun::status::RunStatus>), Error> {
     let end = runs::follow_logs(
@@ -480,7 +515,7 @@ async fn follow_run(
         None => 0,
     };
     if let Some(r) = end.as_ref().and_then(|s| s.receipt.as_ref()) {
-        writeln!(out, "receipt: {}", r.summary())?;
+        writeln!(out, "receipt: {}", runs::receipt_line(local, r))?;
     }
     Ok((code, end))
 }
@@ -505,6 +540,7 @@ async fn launch_local(
             prices: &prices,
             default_agent: ctx.default_agent.clone(),
             storage_host: None,
+            launched_by: who(ctx.env),
         },
     )?;
     if args.dry_run {
@@ -519,7 +555,15 @@ async fn launch_local(
         return Ok(0);
     }
     // One live local run per project folder: checked against the agents' records (pid
-    // and start time), so a crashed run never leaves a stale lock behind.
+    // and start time), so a crashed run never leaves a stale lock behind, under a lock
+    // held until this launch's own record is written, so that two launches at the same
+    // moment cannot both pass the check.
+    let lock = local::lock_project(&plan.data_dir, &plan.project_dir, || {
+        eprintln!(
+            "waiting for another launch of {} to start its run",
+            plan.project_dir.display()
+        )
+    })?;
     if let Some(r) = local::live_run_in(&plan.data_dir, &plan.project_dir) {
         return Err(Error::Settings(plan::Problems(vec![format!(
             "run {} of {} is still running locally (agent pid {}); nothing was started. Follow it with `cloudrun-launch --local logs -f {}`, or stop it with `cloudrun-launch --local stop {}`, then launch again",
@@ -578,6 +622,7 @@ async fn launch_local(
         &plan.store.to_string(),
         now,
     )?;
+    drop(lock);
     let id = &plan.run_id;
     write!(
         out,
@@ -594,7 +639,7 @@ async fn launch_local(
         layout: plan.layout.clone(),
     };
     let alive = || record.alive();
-    let (code, _) = follow_run(&store, id, Some(&alive), out).await?;
+    let (code, _) = follow_run(&store, id, Some(&alive), true, out).await?;
     pull_outputs(&store, id, &plan.project_dir, out).await?;
     Ok(code)
 }
@@ -620,6 +665,7 @@ async fn launch_cmd(
             prices: &prices,
             default_agent: ctx.default_agent.clone(),
             storage_host: (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty()),
+            launched_by: who(ctx.env),
         },
     )?;
     let zone = plan.zones.first().cloned().unwrap_or_default();
@@ -630,18 +676,16 @@ async fn launch_cmd(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()
         )?;
+        let then = match &plan.zones[1.min(plan.zones.len())..] {
+            [] => String::new(),
+            rest => format!(" (then {})", rest.join(", ")),
+        };
         eprintln!(
-            "dry run: would create {} in {} (then {}) at ${:.2}/h ({}); nothing was sent",
+            "dry run: would create {} in {zone}{then} at ${:.2}/h ({}) and pack the project folder {}; nothing was sent",
             plan.instance_name,
-            zone,
-            plan.zones
-                .iter()
-                .skip(1)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
             plan.estimate.usd_per_hour,
-            plan.estimate.describe()
+            plan.estimate.describe(),
+            plan.project_dir.display(),
         );
         return Ok(0);
     }
@@ -664,6 +708,6 @@ async fn launch_cmd(
         storage: deps.storage.clone(),
         layout: plan.layout.clone(),
     };
-    let (code, _) = follow_run(&store, &plan.run_id, None, out).await?;
+    let (code, _) = follow_run(&store, &plan.run_id, None, false, out).await?;
     Ok(code)
 }

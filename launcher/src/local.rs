@@ -12,6 +12,7 @@
 //! local/<run>/state/          the agent's restart state and job log
 //! local/<run>/agent.log       the agent's stdout and stderr
 //! local/<run>/vm.json         pid, start time and boot of the agent ([`AgentRecord`])
+//! local/locks/<project>.lock  held by a launch from its check to its record ([`LaunchLock`])
 //! ```
 //!
 //! Linux only, like the agent: liveness reads `/proc`. Nothing here touches the store.
@@ -35,6 +36,8 @@ pub const SETSID_PROGRAM: &str = "setsid";
 pub const KILL_WAIT_MILLIS: u64 = 3_000;
 /// Poll interval while waiting for a killed session, in milliseconds.
 const KILL_POLL_MILLIS: u64 = 50;
+/// Folder under `local/` holding one lock file per project folder.
+pub const LOCKS_SUBDIR: &str = "locks";
 
 /// Why a local "VM" could not be started, found or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,59 @@ pub enum LocalError {
         #[source]
         source: nix::Error,
     },
+    #[error("locking {path} (one launch of a project folder at a time): {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An exclusive `flock` on the project folder's lock file, held by a local launch from
+/// its "is a run of this folder still live?" check until the new agent's record is
+/// written, so that two launches started at the same moment cannot both pass the check.
+/// The kernel drops it when the launcher exits, crashed or not: no stale lock remains.
+#[derive(Debug)]
+pub struct LaunchLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    pub path: PathBuf,
+}
+
+/// Take the launch lock of `project_dir` (named by a hash of its canonical path).
+/// When another launch holds it, `waiting` is called once, then this blocks until it is
+/// released (that launch has then written its record, which the caller checks next).
+pub fn lock_project(
+    data_dir: &Path,
+    project_dir: &Path,
+    waiting: impl FnOnce(),
+) -> Result<LaunchLock, LocalError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use sha2::Digest;
+    let key = crate::plan::project_key(project_dir);
+    let name = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+    let dir = data_dir.join(RUNS_SUBDIR).join(LOCKS_SUBDIR);
+    let path = dir.join(format!("{name}.lock"));
+    let lock_err = |source: std::io::Error| LocalError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(lock_err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            waiting();
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| lock_err(std::io::Error::from(e)))?
+        }
+        Err((_, e)) => return Err(lock_err(std::io::Error::from(e))),
+    };
+    Ok(LaunchLock { _lock: lock, path })
 }
 
 /// The folders and files of one local run.
@@ -268,6 +324,31 @@ pub fn kill_session(record: &AgentRecord) -> Result<usize, LocalError> {
         && waited.elapsed() < std::time::Duration::from_millis(KILL_WAIT_MILLIS)
     {
         std::thread::sleep(std::time::Duration::from_millis(KILL_POLL_MILLIS));
+    }
+    Ok(n)
+}
+
+/// SIGKILL what is left of a dead agent's session (its job, still training with no one
+/// to ship its output or end it). Safe against pid reuse: Linux does not reuse a pid while
+/// a session or group of that id exists, so if the pid now names another process, the
+/// session is gone; after a reboot (another boot id) nothing of it can be left.
+/// Returns how many groups were signalled.
+pub fn kill_leftovers(record: &AgentRecord) -> Result<usize, LocalError> {
+    if record.alive() {
+        return kill_session(record);
+    }
+    let reused = proc_start_ticks(record.pid).is_some_and(|t| t != record.start_ticks);
+    if boot_id() != record.boot_id || reused {
+        return Ok(0);
+    }
+    let sid = record.pid;
+    let mut n = 0;
+    for g in session_groups(sid) {
+        match killpg(Pid::from_raw(g), Signal::SIGKILL) {
+            Ok(()) => n += 1,
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(source) => return Err(LocalError::Kill { sid, source }),
+        }
     }
     Ok(n)
 }

@@ -46,6 +46,9 @@ fn main() {
     let mut stdout = std::io::stdout();
     let code = match runtime.block_on(run(cli, &ctx, &mut stdout)) {
         Ok(code) => code,
+        // The reader closed stdout (`status | head`): nothing left to say, and no one to
+        // say it to; end at once and quietly, as coreutils do under `head`.
+        Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
             let err = anyhow::Error::new(e);
             eprintln!("error: {}", error_chain(err.as_ref()));

@@ -139,6 +139,23 @@ pub struct PlanInputs<'a> {
     /// Where the agent binary is when no setting names it (beside the launcher).
     pub default_agent: Option<PathBuf>,
     pub storage_host: Option<String>,
+    /// `user@host` of this launch, recorded in the spec's origin.
+    pub launched_by: String,
+}
+
+/// The project folder as `latest` matches it: absolute, symlinks resolved where it can be.
+pub fn project_key(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn origin(settings: &Settings, inputs: &PlanInputs<'_>) -> cloudrun::spec::Origin {
+    cloudrun::spec::Origin {
+        by: inputs.launched_by.clone(),
+        project_dir: project_key(&settings.project_dir),
+    }
 }
 
 /// A required setting, or a problem saying how to set it.
@@ -219,18 +236,6 @@ fn validate_env_key(k: &str) -> bool {
     !k.is_empty()
         && k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// Check a zone name (`us-central1-a`).
-fn validate_zone(z: &str) -> bool {
-    let parts: Vec<&str> = z.split('-').collect();
-    parts.len() == 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
-        && parts[2].len() == 1
 }
 
 /// SHA-256 and size of the agent binary.
@@ -417,9 +422,22 @@ fn script_command(settings: &Settings, command: &[String], p: &mut Vec<String>) 
             let path = settings.project_dir.join(script);
             if cloudrun::manifest::validate_relative_path(script.trim_start_matches("./")).is_err()
             {
+                // Lexically, as the script may not exist: `..` and `.` resolved.
+                let mut full = PathBuf::new();
+                for c in path.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            full.pop();
+                        }
+                        std::path::Component::CurDir => {}
+                        other => full.push(other),
+                    }
+                }
+                let folder = full.parent().unwrap_or(Path::new("/"));
                 p.push(format!(
-                    "script {script:?} must be a path inside the project folder {}",
-                    settings.project_dir.display()
+                    "script {script:?} is outside the project folder {}, which is what gets packed: pass -C {} to pack the script's folder (everything in it is uploaded), or cd into the project that holds it",
+                    settings.project_dir.display(),
+                    folder.display()
                 ));
             } else if !path.is_file() {
                 p.push(format!("script {script:?} not found in the project folder {} (check the name, run from the project folder or pass -C DIR)", settings.project_dir.display()));
@@ -441,6 +459,55 @@ pub fn provider(settings: &Settings) -> Result<Provider, String> {
                 s.source
             )),
         },
+    }
+}
+
+/// The value a launch would use for an unset `key`, formatted as `config` prints values
+/// (`"24h"`, `100`, `["checkpoint", "model"]`), or `None` when the key has no default (it
+/// is required, like `project`, or optional with nothing in its place, like `budget`).
+/// `default_agent` is the agent beside the launcher.
+pub fn default_setting(
+    settings: &Settings,
+    key: &str,
+    default_agent: Option<&Path>,
+) -> Option<String> {
+    let local = provider(settings) == Ok(Provider::Local);
+    let hardware = || {
+        gpu::resolve(
+            settings.gpu.as_ref().map(|s| s.value.as_str()),
+            settings.machine_type.as_ref().map(|s| s.value.as_str()),
+        )
+        .ok()
+    };
+    Some(match key {
+        "provider" => format!("{:?}", "gce"),
+        "gcs_dir" if local => format!("{:?}", local_store(settings).ok()?.to_string()),
+        "spot" => format!("{:?}", false),
+        "max_time" => format!(
+            "{:?}",
+            duration_setting(cloudrun::spec::DEFAULT_MAX_RUN_SECS)
+        ),
+        "image_family" => format!("{DEFAULT_IMAGE_FAMILY:?}"),
+        "image_project" => format!("{DEFAULT_IMAGE_PROJECT:?}"),
+        "disk_gb" => format!("{DEFAULT_DISK_GB:?}"),
+        "service_account" => format!("{DEFAULT_SERVICE_ACCOUNT:?}"),
+        "output_dirs" => format!("{:?}", output_dirs(settings)),
+        "idle_minutes" => format!("{:?}", file_policies(settings).gpu_idle.window_secs / 60),
+        "machine_type" => format!("{:?}", hardware()?.machine_type),
+        "zones" => format!("{:?}", hardware()?.gpu.default_zones()),
+        "agent_binary" => format!("{:?}", default_agent?),
+        _ => return None,
+    })
+}
+
+/// Seconds as a `max_time` setting would be written: `24h`, `90m`, `45s`.
+fn duration_setting(secs: u64) -> String {
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -523,6 +590,25 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
     if settings.budget.is_some() {
         tracing::info!("local run: the budget is not enforced (a local run costs nothing)");
     }
+    // The GPU and zones name a VM to rent; a local run uses this machine as it is. A GPU
+    // that does not exist is still an error (it is a typo either way).
+    if let Some(g) = &settings.gpu {
+        match gpu::parse_gpu(&g.value) {
+            Ok(_) => tracing::info!(
+                "local run: gpu {:?} (from {}) is not used; the job sees this machine's GPUs",
+                g.value,
+                g.source
+            ),
+            Err(e) => p.push(format!("{} (from {})", e.0, g.source)),
+        }
+    }
+    if let Some(z) = &settings.zones {
+        tracing::info!(
+            "local run: zones {:?} (from {}) are not used",
+            z.value,
+            z.source
+        );
+    }
     let agent = settings
         .agent_binary
         .as_ref()
@@ -577,6 +663,7 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
             ..Placement::default()
         },
         webhook: None,
+        origin: Some(origin(settings, inputs)),
     };
     if let Err(e) = spec.validate() {
         return Err(Problems(vec![e.to_string()]));
@@ -689,12 +776,14 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
 
     let zones: Vec<String> = match (&settings.zones, &hardware) {
         (Some(z), _) => {
-            let bad: Vec<&String> = z.value.iter().filter(|z| !validate_zone(z)).collect();
-            if !bad.is_empty() {
-                p.push(format!(
-                    "zones {bad:?} (from {}) are not zone names like us-central1-a",
-                    z.source
-                ));
+            for zone in &z.value {
+                let checked = crate::zones::check_zone(zone).and_then(|()| match &hardware {
+                    Some(h) => crate::zones::check_gpu_in_zone(h.gpu, zone),
+                    None => Ok(()),
+                });
+                if let Err(why) = checked {
+                    p.push(format!("{why} (from {})", z.source));
+                }
             }
             if z.value.is_empty() {
                 p.push(format!(
@@ -862,6 +951,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             spot,
         },
         webhook: None,
+        origin: Some(origin(settings, inputs)),
     };
     if let Err(e) = spec.validate() {
         return Err(Problems(vec![e.to_string()]));
@@ -937,6 +1027,7 @@ pub(crate) mod tests {
             prices,
             default_agent: None,
             storage_host: None,
+            launched_by: "alice@laptop".into(),
         }
     }
 
@@ -1040,7 +1131,18 @@ pub(crate) mod tests {
             (|st| st.gpu = s_("l4:3"), "1, 2, 4, 8"),
             (
                 |st| st.zones = s(vec!["uscentral1".into()]),
-                "not zone names",
+                "not a zone name like us-central1-a",
+            ),
+            (
+                |st| st.zones = s(vec!["us-central1-z".into()]),
+                "zone \"us-central1-z\" does not exist: region us-central1 has zones us-central1-a, us-central1-b, us-central1-c, us-central1-f",
+            ),
+            (
+                |st| {
+                    st.gpu = s_("h100");
+                    st.zones = s(vec!["us-central1-f".into()]);
+                },
+                "zone us-central1-f has no h100 GPUs (in us-central1: us-central1-a, us-central1-c)",
             ),
             (|st| st.max_time = s_("forever"), "not a duration"),
             (|st| st.max_time = s_("10s"), "under 30 s"),
@@ -1084,6 +1186,77 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"missing.py\" not found"), "{err}");
+    }
+
+    #[test]
+    fn config_shows_the_defaults_a_launch_would_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Settings {
+            project_dir: dir.path().into(),
+            gpu: s("h100".into()),
+            ..Settings::default()
+        };
+        let agent = Path::new("/opt/cloudrun/cloudrun-agent");
+        let text = st.describe_with(&|k| default_setting(&st, k, Some(agent)));
+        for want in [
+            "max_time         = \"24h\"",
+            "disk_gb          = 100",
+            "image_family     = \"common-cu128-ubuntu-2204-nvidia-570\"",
+            "image_project    = \"deeplearning-platform-release\"",
+            "idle_minutes     = 10",
+            "zones            = [\"us-central1-a\"",
+            "machine_type     = \"a3-highgpu-1g\"",
+            "service_account  = \"default\"",
+            "spot             = false",
+            "output_dirs      = [\"checkpoint\", \"model\"]",
+            "agent_binary     = \"/opt/cloudrun/cloudrun-agent\"",
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(want))
+                .unwrap_or_else(|| panic!("no {want:?} in\n{text}"));
+            assert!(line.ends_with("# default"), "{line}");
+        }
+        // Required settings and optional ones without a default stay "(not set)".
+        for key in ["project", "vm_user", "budget", "setup"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(key) && l.ends_with("(not set)")),
+                "{key} in\n{text}"
+            );
+        }
+        // A value that is set keeps its own source.
+        assert!(text.contains("gpu              = \"h100\""), "{text}");
+    }
+
+    #[test]
+    fn a_local_run_refuses_a_gpu_that_does_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = good(dir.path());
+        st.provider = s("local".into());
+        st.gcs_dir = None;
+        st.data_dir = Some(dir.path().join("data"));
+        let prices = PriceTable::builtin();
+        let cmd = vec!["main.py".to_string()];
+        assert!(build_local(&st, &inputs(&cmd, &prices)).is_ok());
+        st.gpu = s("x100".into());
+        let err = build_local(&st, &inputs(&cmd, &prices))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown GPU \"x100\""), "{err}");
+    }
+
+    #[test]
+    fn a_script_outside_the_project_folder_names_the_c_that_would_pack_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = good(dir.path());
+        let prices = PriceTable::builtin();
+        let cmd = vec!["/elsewhere/sub/x.py".to_string()];
+        let err = build(&st, &inputs(&cmd, &prices)).unwrap_err().to_string();
+        assert!(
+            err.contains("is outside the project folder") && err.contains("pass -C /elsewhere/sub"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum RunsError {
     NoSuchRun { run: String, store: String },
     #[error("no runs under {0} yet")]
     NoRuns(String),
+    #[error("no run was launched from {project} (`latest` is the newest run of this project folder){}: name the run, or cd into its project folder or pass -C DIR", newest.as_ref().map(|n| format!("; the newest run under {store} is {n}")).unwrap_or_default())]
+    NoRunsHere {
+        project: String,
+        store: String,
+        /// The store's newest run and where it came from, for the message.
+        newest: Option<String>,
+    },
     #[error("{0}")]
     BadRunId(#[from] cloudrun::run_id::RunIdError),
     #[error("{what}: {source}")]
@@ -93,36 +100,71 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
-    /// A run id from the command line: an id, or `latest`.
-    pub async fn resolve(&self, arg: &str) -> Result<RunId, RunsError> {
-        if arg == "latest" || arg == "last" {
-            return self
-                .run_ids()
-                .await?
-                .pop()
-                .ok_or_else(|| RunsError::NoRuns(self.storage.describe()));
+    /// A run id from the command line: an id, or `latest` (also `last`): the newest run
+    /// launched from `project_dir`, the project folder of this invocation, by the origin
+    /// its spec records. Another folder's runs are never `latest` here, however new.
+    pub async fn resolve(&self, arg: &str, project_dir: &Path) -> Result<RunId, RunsError> {
+        if arg != "latest" && arg != "last" {
+            return Ok(RunId::parse(arg)?);
         }
-        Ok(RunId::parse(arg)?)
+        let ids = self.run_ids().await?;
+        if ids.is_empty() {
+            return Err(RunsError::NoRuns(self.storage.describe()));
+        }
+        let here = crate::plan::project_key(project_dir);
+        for id in ids.iter().rev() {
+            let mut ignored = Vec::new();
+            let spec: Option<RunSpec> = self
+                .get_doc(&self.layout.spec(id), "spec.json", &mut ignored)
+                .await?;
+            if spec
+                .and_then(|s| s.origin)
+                .is_some_and(|o| o.project_dir == here)
+            {
+                return Ok(id.clone());
+            }
+        }
+        let newest = ids.last().map(|id| id.to_string());
+        Err(RunsError::NoRunsHere {
+            project: here,
+            store: self.storage.describe(),
+            newest,
+        })
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    /// A JSON document, `None` when absent. One that does not parse is `None` too, with
+    /// what is wrong pushed onto `problems`: one broken document must not hide the rest
+    /// of the run (its logs, outputs, metrics) or the other runs.
+    async fn get_doc<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
+        name: &str,
+        problems: &mut Vec<String>,
     ) -> Result<Option<T>, RunsError> {
         match self.storage.get_bytes(key).await {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| RunsError::Json(key.to_string(), e)),
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => {
+                    problems.push(format!("{name} is unreadable ({e})"));
+                    Ok(None)
+                }
+            },
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(st(format!("reading {key}"))(e)),
         }
     }
 
-    /// The run's status and spec; an error if it has neither.
+    /// The run's status and spec, each `None` when absent or unreadable (then named in
+    /// [`RunView::problems`]); an error only when the run has neither object at all.
     pub async fn load(&self, run: &RunId) -> Result<RunView, RunsError> {
-        let status: Option<RunStatus> = self.get_json(&self.layout.status(run)).await?;
-        let spec: Option<RunSpec> = self.get_json(&self.layout.spec(run)).await?;
-        if status.is_none() && spec.is_none() {
+        let mut problems = Vec::new();
+        let status: Option<RunStatus> = self
+            .get_doc(&self.layout.status(run), "status.json", &mut problems)
+            .await?;
+        let spec: Option<RunSpec> = self
+            .get_doc(&self.layout.spec(run), "spec.json", &mut problems)
+            .await?;
+        if status.is_none() && spec.is_none() && problems.is_empty() {
             return Err(RunsError::NoSuchRun {
                 run: run.to_string(),
                 store: self.storage.describe(),
@@ -132,6 +174,7 @@ impl Store {
             run: run.clone(),
             status,
             spec,
+            problems,
         })
     }
 
@@ -167,6 +210,9 @@ pub struct RunView {
     pub run: RunId,
     pub status: Option<RunStatus>,
     pub spec: Option<RunSpec>,
+    /// Documents of the run that exist but could not be read (`status.json is
+    /// unreadable (…)`); the run is still shown and its logs and outputs still served.
+    pub problems: Vec<String>,
 }
 
 impl RunView {
@@ -182,6 +228,40 @@ impl RunView {
             .as_ref()
             .map(|s| s.phase)
             .unwrap_or(Phase::Launching)
+    }
+
+    /// One line naming the run for a person about to end it: id, GPU, phase, and the
+    /// project folder and person it was launched from.
+    pub fn brief(&self) -> String {
+        let mut s = format!("{} ({}, {}", self.run, self.gpu(), self.shown_phase(None));
+        if let Some(o) = self.spec.as_ref().and_then(|s| s.origin.as_ref()) {
+            s.push_str(&format!(", launched from {} by {}", o.project_dir, o.by));
+        }
+        s.push(')');
+        s
+    }
+
+    /// Whether the run's status is unreadable (it exists but does not parse).
+    pub fn broken(&self) -> bool {
+        self.status.is_none() && self.problems.iter().any(|p| p.starts_with("status.json"))
+    }
+
+    /// Whether this is a local run whose agent is gone without the run having recorded
+    /// an end: it will never end by itself. `rec` is its record on this machine.
+    pub fn lost(&self, rec: Option<&crate::local::AgentRecord>) -> bool {
+        self.is_local() && !self.phase().is_terminal() && rec.is_some_and(|r| !r.alive())
+    }
+
+    /// The phase as `status` and `ls` show it: `broken` for an unreadable status, `lost`
+    /// for a local run whose agent is gone, else the recorded phase.
+    pub fn shown_phase(&self, rec: Option<&crate::local::AgentRecord>) -> &'static str {
+        if self.broken() {
+            "broken"
+        } else if self.lost(rec) {
+            "lost"
+        } else {
+            phase_name(self.phase())
+        }
     }
 
     /// Project, zone and name of the VM, from the status or the spec.
@@ -325,12 +405,31 @@ pub async fn live_vms(
 struct RowJson<'a> {
     run_id: &'a str,
     phase: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: &'a Vec<String>,
     zone: String,
     gpu: String,
     elapsed_secs: Option<i64>,
     cost_usd: f64,
     end_reason: Option<cloudrun::status::EndReason>,
     vm_up: Option<bool>,
+}
+
+/// Where `status` and `ls` learn whether a run's machine is still there.
+#[derive(Clone, Copy)]
+pub enum Machines<'a> {
+    /// Cloud runs: the Compute API and the project, when both are available.
+    Cloud(Option<(&'a dyn Compute, &'a str)>),
+    /// Local runs: the data dir whose agent records say whether each agent still runs.
+    Local(&'a Path),
+}
+
+/// Append `what` to a row's END column, two spaces after what is there.
+fn note(end: &mut String, what: &str) {
+    if !end.is_empty() {
+        end.push_str("  ");
+    }
+    end.push_str(what);
 }
 
 /// `status` without a run: one line per run.
@@ -341,8 +440,26 @@ pub async fn status_table(
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), RunsError> {
+    status_table_on(store, Machines::Cloud(compute), json, now, out).await
+}
+
+/// `status` without a run, for cloud or local runs.
+pub async fn status_table_on(
+    store: &Store,
+    machines: Machines<'_>,
+    json: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
     let ids = store.run_ids().await?;
-    let vms = live_vms(compute).await;
+    let vms = match machines {
+        Machines::Cloud(c) => Some(live_vms(c).await),
+        Machines::Local(_) => None,
+    };
+    let record = |id: &RunId| match machines {
+        Machines::Local(d) => crate::local::record_for(d, id),
+        Machines::Cloud(_) => None,
+    };
     let mut views = Vec::new();
     for id in &ids {
         views.push(store.load(id).await?);
@@ -352,7 +469,8 @@ pub async fn status_table(
             .iter()
             .map(|v| RowJson {
                 run_id: v.run.as_str(),
-                phase: phase_name(v.phase()),
+                phase: v.shown_phase(record(&v.run).as_ref()),
+                problems: &v.problems,
                 zone: v.zone(),
                 gpu: v.gpu(),
                 elapsed_secs: v.elapsed_secs(now),
@@ -362,7 +480,10 @@ pub async fn status_table(
                     .as_ref()
                     .and_then(|s| s.end.as_ref())
                     .map(|e| e.reason),
-                vm_up: vms.as_ref().ok().map(|m| m.contains_key(v.run.as_str())),
+                vm_up: match &vms {
+                    Some(vms) => vms.as_ref().ok().map(|m| m.contains_key(v.run.as_str())),
+                    None => record(&v.run).map(|r| r.alive()),
+                },
             })
             .collect();
         writeln!(
@@ -382,24 +503,38 @@ pub async fn status_table(
         "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST"
     )?;
     for v in &views {
-        let vm_up = vms
-            .as_ref()
-            .map(|m| m.contains_key(v.run.as_str()))
-            .unwrap_or(false);
+        let vm_up = match &vms {
+            Some(Ok(m)) => m.contains_key(v.run.as_str()),
+            _ => false,
+        };
+        let rec = record(&v.run);
         let mut end = v.end();
         if v.phase().is_terminal() && vm_up {
             end.push_str("  [VM still up: cloudrun-launch sweep]");
         }
-        if v.silent(now) {
+        if v.lost(rec.as_ref()) {
+            note(
+                &mut end,
+                "agent gone: `cloudrun-launch --local sweep --yes` closes it",
+            );
+        } else if v.silent(now) {
             end.push_str("  [silent: no heartbeat]");
         }
+        if !v.problems.is_empty() {
+            note(&mut end, &v.problems.join("; "));
+        }
+        let (zone, gpu) = if v.is_local() {
+            ("-".to_string(), "local".to_string())
+        } else {
+            (v.zone(), v.gpu())
+        };
         writeln!(
             out,
             "{:<22} {:<15} {:<16} {:<14} {:>10} {:>8}  {}",
             v.run.as_str(),
-            phase_name(v.phase()),
-            v.zone(),
-            v.gpu(),
+            v.shown_phase(rec.as_ref()),
+            zone,
+            gpu,
             v.elapsed_secs(now)
                 .map(|s| cloudrun::billing::format_secs(s as u64))
                 .unwrap_or_else(|| "-".into()),
@@ -407,7 +542,7 @@ pub async fn status_table(
             end
         )?;
     }
-    if let Err(note) = vms {
+    if let Some(Err(note)) = vms {
         writeln!(out, "({note})")?;
     }
     Ok(())
@@ -452,10 +587,20 @@ pub async fn status_one_with(
                 }
                 None => serde_json::json!({"error": "no local agent record on this machine"}),
             };
-            return Ok(write_status_json(&v, vm, out)?);
+            let phase = v.shown_phase(rec.as_ref());
+            return Ok(write_status_json(&v, phase, vm, out)?);
         }
         writeln!(out, "run      {}", v.run)?;
-        writeln!(out, "phase    {}", phase_name(v.phase()))?;
+        let phase = v.shown_phase(rec.as_ref());
+        if v.lost(rec.as_ref()) {
+            writeln!(
+                out,
+                "phase    {phase} (agent gone; was {})",
+                phase_name(v.phase())
+            )?;
+        } else {
+            writeln!(out, "phase    {phase}")?;
+        }
         let fate = v.status.as_ref().and_then(fate_name);
         let vm = match (&rec, &fate) {
             (Some(r), Some(f)) => format!("{}; vm: {f}", r.describe()),
@@ -464,14 +609,12 @@ pub async fn status_one_with(
             (None, None) => "local (not started on this machine)".into(),
         };
         writeln!(out, "vm       {vm}")?;
-        if let Some(r) = rec.as_ref().filter(|r| !r.alive()) {
-            if !v.phase().is_terminal() {
-                writeln!(
-                    out,
-                    "warning  the local agent is gone but the run never recorded an end: see {}",
-                    r.agent_log.display()
-                )?;
-            }
+        if let Some(r) = rec.as_ref().filter(|_| v.lost(rec.as_ref())) {
+            writeln!(
+                out,
+                "warning  the local agent is gone but the run never recorded an end (see {}): `cloudrun-launch --local sweep --yes` closes it",
+                r.agent_log.display()
+            )?;
         }
         return print_status_body(store, &v, now, out).await;
     }
@@ -491,10 +634,10 @@ pub async fn status_one_with(
             Ok(None) => serde_json::Value::Null,
             Err(e) => serde_json::json!({"error": e}),
         };
-        return Ok(write_status_json(&v, vm, out)?);
+        return Ok(write_status_json(&v, v.shown_phase(None), vm, out)?);
     }
     writeln!(out, "run      {}", v.run)?;
-    writeln!(out, "phase    {}", phase_name(v.phase()))?;
+    writeln!(out, "phase    {}", v.shown_phase(None))?;
     writeln!(out, "gpu      {}", v.gpu())?;
     if let Some((p, z, n)) = v.instance() {
         let state = match &vm {
@@ -518,23 +661,35 @@ async fn print_status_body(
     out: &mut dyn Write,
 ) -> Result<(), RunsError> {
     let samples = store.metrics(&v.run).await?;
+    if let Some(o) = v.spec.as_ref().and_then(|s| s.origin.as_ref()) {
+        writeln!(out, "from     {} ({})", o.project_dir, o.by)?;
+    }
+    for p in &v.problems {
+        writeln!(out, "problem  {p}")?;
+    }
     if let Some(s) = &v.status {
         if let Some(e) = v.elapsed_secs(now) {
             writeln!(out, "elapsed  {}", cloudrun::billing::format_secs(e as u64))?;
         }
-        writeln!(
-            out,
-            "cost     ${:.2} at ${:.2}/h{}",
-            v.cost(),
-            s.usd_per_hour,
-            s.budget_usd
-                .map(|b| format!(" (budget ${b:.2})"))
-                .unwrap_or_default()
-        )?;
+        if v.is_local() {
+            writeln!(out, "cost     none (local run)")?;
+        } else {
+            writeln!(
+                out,
+                "cost     ${:.2} at ${:.2}/h{}",
+                v.cost(),
+                s.usd_per_hour,
+                s.budget_usd
+                    .map(|b| format!(" (budget ${b:.2})"))
+                    .unwrap_or_default()
+            )?;
+        }
         if let Some(line) = gpu_wait_line(v, s, now) {
             writeln!(out, "gpu wait {line}")?;
         }
-        if let Some(g) = &s.last_gpu {
+        // A sample without readings (no GPU, or nvidia-smi failed) is no "gpu now";
+        // the note or the error says why.
+        if let Some(g) = s.last_gpu.as_ref().filter(|g| !g.gpus.is_empty()) {
             let util: Vec<String> = g
                 .gpus
                 .iter()
@@ -567,7 +722,7 @@ async fn print_status_body(
             )?;
         }
         if let Some(r) = &s.receipt {
-            writeln!(out, "receipt  {}", r.summary())?;
+            writeln!(out, "receipt  {}", receipt_line(v.is_local(), r))?;
         }
         for w in &s.warnings {
             writeln!(out, "warning  {w}")?;
@@ -579,6 +734,12 @@ async fn print_status_body(
                 s.updated_at.format("%Y-%m-%d %H:%M UTC")
             )?;
         }
+    } else if v.broken() {
+        writeln!(
+            out,
+            "status   unreadable: its logs and outputs are still there (`cloudrun-launch logs {}`, `cloudrun-launch pull {}`)",
+            v.run, v.run
+        )?;
     } else {
         writeln!(
             out,
@@ -618,6 +779,20 @@ fn gpu_wait_line(v: &RunView, s: &RunStatus, now: DateTime<Utc>) -> Option<Strin
         .map(|e| format!("; nvidia-smi: {e}"))
         .unwrap_or_default();
     Some(format!("{waited}{window} so far{last}"))
+}
+
+/// The receipt as `status` and `--follow` print it: a local run costs nothing, and says
+/// so rather than "billed 1m 00s at $0.00/h".
+pub fn receipt_line(local: bool, r: &cloudrun::billing::Receipt) -> String {
+    if local {
+        let ran = (r.ended_at - r.started_at).num_seconds().max(0) as u64;
+        format!(
+            "local run, no charge (ran {})",
+            cloudrun::billing::format_secs(ran)
+        )
+    } else {
+        r.summary()
+    }
 }
 
 /// Print the log chunks not printed yet (in name order); returns how many were printed.
@@ -716,7 +891,8 @@ pub async fn follow_logs(
                     continue;
                 }
             }
-            Err(e @ RunsError::NoSuchRun { .. }) => return Err(e),
+            // A closed stdout (`| head`, `| grep -q`) ends the command, not the store.
+            Err(e @ (RunsError::NoSuchRun { .. } | RunsError::Io(_))) => return Err(e),
             Err(e) => {
                 if !failing {
                     tracing::warn!("{e}; retrying until the store answers again");
@@ -764,6 +940,7 @@ pub async fn stop(
     let (p, z, n) = v
         .instance()
         .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
+    writeln!(out, "ending run {}", v.brief())?;
     let compute = compute.ok_or_else(|| {
         RunsError::Other(
             "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
@@ -811,7 +988,7 @@ pub async fn ls(
             Err(_) => "?".into(),
         };
         shown.insert(id.to_string());
-        let mut phase = phase_name(v.phase()).to_string();
+        let mut phase = v.shown_phase(None).to_string();
         if v.silent(now) {
             phase.push('?');
         }
@@ -959,12 +1136,13 @@ pub async fn ls_local(
     )?;
     for id in ids.iter().rev() {
         let v = store.load(id).await?;
-        let vm = match crate::local::record_for(data_dir, id) {
+        let rec = crate::local::record_for(data_dir, id);
+        let vm = match &rec {
             Some(r) => r.describe(),
             None => "-".into(),
         };
-        let mut phase = phase_name(v.phase()).to_string();
-        if v.silent(now) {
+        let mut phase = v.shown_phase(rec.as_ref()).to_string();
+        if v.silent(now) && !v.lost(rec.as_ref()) {
             phase.push('?');
         }
         let gpu = if v.is_local() {
@@ -988,12 +1166,14 @@ pub async fn ls_local(
 /// `status RUN --json`: the run's status and spec with what is known of its VM, for scripts.
 fn write_status_json(
     v: &RunView,
+    phase: &str,
     vm: serde_json::Value,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     let doc = serde_json::json!({
         "run_id": v.run.as_str(),
-        "phase": phase_name(v.phase()),
+        "phase": phase,
+        "problems": v.problems,
         "status": v.status,
         "spec": v.spec,
         "vm": vm,
@@ -1032,6 +1212,25 @@ async fn write_stop_request(
     Ok(())
 }
 
+/// `stop` (graceful) for a local run: as for a VM, unless its agent is gone, when no one
+/// would ever read the request: then the run is closed as `lost`.
+pub async fn stop_local(
+    store: &Store,
+    data_dir: &Path,
+    run: &RunId,
+    by: &str,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let v = store.load(run).await?;
+    if let Some(rec) = crate::local::record_for(data_dir, run) {
+        if close_lost_local(store, &v, &rec, by, now, out).await? {
+            return Ok(());
+        }
+    }
+    stop(store, None, run, false, by, now, out).await
+}
+
 /// `stop --now` for a local run: write the stop request (as for a VM), kill the agent's
 /// session (the agent and the job), and record the end the agent can no longer write.
 pub async fn stop_local_now(
@@ -1049,10 +1248,14 @@ pub async fn stop_local_now(
             data_dir.display()
         ))
     })?;
+    if close_lost_local(store, &v, &rec, by, now, out).await? {
+        return Ok(());
+    }
     if !rec.alive() {
         writeln!(out, "the local agent of run {run} is already gone")?;
         return Ok(());
     }
+    writeln!(out, "ending run {}", v.brief())?;
     write_stop_request(store, run, by, now, "stop --now").await?;
     let n = crate::local::kill_session(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
     if let Some(mut s) = v.status.filter(|s| !s.phase.is_terminal()) {
@@ -1085,8 +1288,68 @@ pub async fn stop_local_now(
     Ok(())
 }
 
-/// `sweep` for local runs: live local agents whose run ended or went silent; killed with
-/// `--yes`.
+/// Close a local run whose agent is gone without recording an end: write the final
+/// status the agent never wrote (`lost`, `vm: local_exit`, ended at its last heartbeat)
+/// and say so. Returns whether it did (false when the run is not lost).
+pub async fn close_lost_local(
+    store: &Store,
+    v: &RunView,
+    rec: &crate::local::AgentRecord,
+    by: &str,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<bool, RunsError> {
+    if !v.lost(Some(rec)) {
+        return Ok(false);
+    }
+    let run = &v.run;
+    let mut s = v
+        .status
+        .clone()
+        .unwrap_or_else(|| RunStatus::launching(run.clone(), rec.started_at, 0.0));
+    let last_seen = s.updated_at.min(now);
+    s.phase = Phase::Ended;
+    s.updated_at = now;
+    s.ended_at = Some(last_seen);
+    s.end = Some(cloudrun::status::EndInfo {
+        reason: cloudrun::status::EndReason::Lost,
+        exit_code: None,
+        signal: None,
+        message: format!(
+            "the local agent (pid {}) exited without recording an end (its log: {}); closed by {by}",
+            rec.pid,
+            rec.agent_log.display()
+        ),
+    });
+    s.vm = Some(cloudrun::status::VmFate::LocalExit);
+    // The job may outlive its agent: nothing would ship its output or end it now.
+    let killed = crate::local::kill_leftovers(rec).map_err(|e| RunsError::Other(e.to_string()))?;
+    let skey = store.layout.status(run);
+    store
+        .storage
+        .put_bytes(
+            &skey,
+            Bytes::from(s.to_json()),
+            &PutOptions::default().with_content_type("application/json"),
+        )
+        .await
+        .map_err(st(format!("writing {skey}")))?;
+    writeln!(
+        out,
+        "run {run}: its local agent (pid {}) is gone and the run never recorded an end; recorded it as lost{} (see {})",
+        rec.pid,
+        if killed > 0 {
+            format!(", and killed what was left of its job ({killed} process group(s))")
+        } else {
+            String::new()
+        },
+        rec.agent_log.display()
+    )?;
+    Ok(true)
+}
+
+/// `sweep` for local runs: live local agents whose run ended or went silent, killed with
+/// `--yes`, and runs whose agent is gone without an end, closed as `lost` with `--yes`.
 pub async fn sweep_local(
     store: &Store,
     data_dir: &Path,
@@ -1095,10 +1358,27 @@ pub async fn sweep_local(
     out: &mut dyn Write,
 ) -> Result<usize, RunsError> {
     let mut n = 0;
-    for r in crate::local::records(data_dir)
-        .into_iter()
-        .filter(|r| r.alive())
-    {
+    for r in crate::local::records(data_dir) {
+        if !r.alive() {
+            // A dead agent whose run never ended: nothing to kill, but the run stays
+            // `running` forever unless its end is recorded.
+            let v = match store.load(&r.run_id).await {
+                Ok(v) if v.lost(Some(&r)) => v,
+                Ok(_) | Err(RunsError::NoSuchRun { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            n += 1;
+            if yes {
+                close_lost_local(store, &v, &r, "sweep", now, out).await?;
+            } else {
+                writeln!(
+                    out,
+                    "run {}: its local agent (pid {}) is gone and the run never recorded an end; it would be closed as lost",
+                    r.run_id, r.pid
+                )?;
+            }
+            continue;
+        }
         let why = match store.load(&r.run_id).await {
             Ok(v) if v.phase().is_terminal() => format!("run ended ({})", v.end()),
             Ok(v) if v.silent(now) => "no heartbeat".into(),
@@ -1117,7 +1397,10 @@ pub async fn sweep_local(
     if n == 0 {
         writeln!(out, "nothing to sweep")?;
     } else if !yes {
-        writeln!(out, "{n} local agent(s) would be killed; run `cloudrun-launch --local sweep --yes` to kill them")?;
+        writeln!(
+            out,
+            "{n} local run(s) would be swept; run `cloudrun-launch --local sweep --yes` to do it"
+        )?;
     }
     Ok(n)
 }

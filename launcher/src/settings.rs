@@ -330,19 +330,35 @@ impl Settings {
     }
 
     /// The resolved settings as `key = value  # source` lines, for `cloudrun-launch config`.
+    /// Unset keys show `(not set)`.
     pub fn describe(&self) -> String {
-        fn line<T: fmt::Debug>(out: &mut String, key: &str, v: &Option<Sourced<T>>) {
+        self.describe_with(&|_| None)
+    }
+
+    /// [`Settings::describe`], where an unset key that has a default shows the value that
+    /// would be used (`defaults(key)`, already formatted) with `default` as its source.
+    pub fn describe_with(&self, defaults: &dyn Fn(&str) -> Option<String>) -> String {
+        let line =
+            |out: &mut String, key: &str, v: Option<String>, src: Option<&Source>| match (v, src) {
+                (Some(v), Some(src)) => {
+                    out.push_str(&format!("{key:<16} = {v:<40} # {src}\n"));
+                }
+                _ => match defaults(key) {
+                    Some(d) => out.push_str(&format!("{key:<16} = {d:<40} # default\n")),
+                    None => out.push_str(&format!("{key:<16}   (not set)\n")),
+                },
+            };
+        fn parts<T: fmt::Debug>(v: &Option<Sourced<T>>) -> (Option<String>, Option<&Source>) {
             match v {
-                Some(s) => out.push_str(&format!(
-                    "{key:<16} = {:<40} # {}\n",
-                    fmt_value(&s.value),
-                    s.source
-                )),
-                None => out.push_str(&format!("{key:<16}   (not set)\n")),
+                Some(s) => (Some(fmt_value(&s.value)), Some(&s.source)),
+                None => (None, None),
             }
         }
-        fn fmt_value<T: fmt::Debug>(v: &T) -> String {
-            format!("{v:?}")
+        macro_rules! line {
+            ($out:expr, $key:expr, $v:expr) => {{
+                let (v, src) = parts($v);
+                line($out, $key, v, src)
+            }};
         }
         let mut out = String::new();
         out.push_str(&format!(
@@ -356,27 +372,27 @@ impl Settings {
                 if *found { "read" } else { "absent" }
             ));
         }
-        line(&mut out, "provider", &self.provider);
-        line(&mut out, "account", &self.account);
-        line(&mut out, "project", &self.project);
-        line(&mut out, "gcs_dir", &self.gcs_dir);
-        line(&mut out, "vm_instance", &self.vm_instance);
-        line(&mut out, "vm_user", &self.vm_user);
-        line(&mut out, "gpu", &self.gpu);
-        line(&mut out, "machine_type", &self.machine_type);
-        line(&mut out, "zones", &self.zones);
-        line(&mut out, "spot", &self.spot);
-        line(&mut out, "max_time", &self.max_time);
-        line(&mut out, "budget", &self.budget);
-        line(&mut out, "image_family", &self.image_family);
-        line(&mut out, "image_project", &self.image_project);
-        line(&mut out, "disk_gb", &self.disk_gb);
-        line(&mut out, "service_account", &self.service_account);
-        line(&mut out, "setup", &self.setup);
-        line(&mut out, "output_dirs", &self.output_dirs);
-        line(&mut out, "idle_minutes", &self.idle_minutes);
-        line(&mut out, "agent_binary", &self.agent_binary);
-        line(&mut out, "prices", &self.prices);
+        line!(&mut out, "provider", &self.provider);
+        line!(&mut out, "account", &self.account);
+        line!(&mut out, "project", &self.project);
+        line!(&mut out, "gcs_dir", &self.gcs_dir);
+        line!(&mut out, "vm_instance", &self.vm_instance);
+        line!(&mut out, "vm_user", &self.vm_user);
+        line!(&mut out, "gpu", &self.gpu);
+        line!(&mut out, "machine_type", &self.machine_type);
+        line!(&mut out, "zones", &self.zones);
+        line!(&mut out, "spot", &self.spot);
+        line!(&mut out, "max_time", &self.max_time);
+        line!(&mut out, "budget", &self.budget);
+        line!(&mut out, "image_family", &self.image_family);
+        line!(&mut out, "image_project", &self.image_project);
+        line!(&mut out, "disk_gb", &self.disk_gb);
+        line!(&mut out, "service_account", &self.service_account);
+        line!(&mut out, "setup", &self.setup);
+        line!(&mut out, "output_dirs", &self.output_dirs);
+        line!(&mut out, "idle_minutes", &self.idle_minutes);
+        line!(&mut out, "agent_binary", &self.agent_binary);
+        line!(&mut out, "prices", &self.prices);
         if self.env.is_empty() {
             out.push_str("[env]              (empty)\n");
         } else {
@@ -395,6 +411,10 @@ impl Settings {
         }
         out
     }
+}
+
+fn fmt_value<T: fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
 }
 
 /// How to set a setting, for error messages: the variable (if any), the flag and the key.

@@ -67,6 +67,7 @@ fn body(dir: &Path, gpu: &str, spot: bool) -> Value {
             prices: &prices,
             default_agent: None,
             storage_host: None,
+            launched_by: "tester@testbox".into(),
         },
     )
     .unwrap();

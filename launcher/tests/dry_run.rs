@@ -80,8 +80,56 @@ async fn dry_run_prints_exactly_the_insert_body_and_sends_nothing() {
     assert!(
         ran.stderr.contains(&format!(
             "dry run: would create {name} in us-central1-a (then us-central1-b)"
-        )) && ran.stderr.contains("nothing was sent"),
+        )) && ran.stderr.contains(&format!(
+            "pack the project folder {}; nothing was sent",
+            project.display()
+        )),
         "{}",
         ran.stderr
     );
+}
+
+/// The first example under `--help` is what a new user types first: as a dry run, with
+/// the five settings exported, it must plan a VM (it once failed with "no GPU chosen").
+#[tokio::test]
+async fn the_first_help_example_plans_a_vm() {
+    let first = cloudrun_launch::cli::EXAMPLES
+        .lines()
+        .find(|l| l.trim_start().starts_with("cloudrun-launch "))
+        .unwrap();
+    // The command ends where the two-space gap before its explanation begins.
+    let command = first.trim().split("  ").next().unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let sb = Sandbox::new();
+    let project = sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let script = args
+        .iter()
+        .find(|a| a.ends_with(".py"))
+        .unwrap_or_else(|| panic!("no script in the first example {command:?}"));
+    std::fs::write(project.join(script), "print('train')\n").unwrap();
+    std::fs::write(sb.path().join("cloudrun-agent"), b"\x7fELF agent").unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("GCP_ACCOUNT", "me@example.com".to_string()),
+        ("GCLOUD_PROJECT", "test-proj".to_string()),
+        ("GCS_DIR", "gs://cloudrun-test/runs".to_string()),
+        ("STORAGE_EMULATOR_HOST", format!("http://{closed}")),
+        (
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE",
+            format!("http://{closed}/compute/v1/"),
+        ),
+        (
+            "CLOUDRUN_AGENT_BINARY",
+            sb.path().join("cloudrun-agent").display().to_string(),
+        ),
+        ("VM_INSTANCE", "trainer".to_string()),
+        ("VM_USER", "alice".to_string()),
+    ];
+    let mut argv = vec!["--dry-run"];
+    argv.extend(args.iter().copied());
+    let ran = sb.run(&project, &env, &argv).await;
+    assert_eq!(ran.code, 0, "`{command}` as a dry run: {ran:?}");
+    let body: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(body["name"].as_str().unwrap().starts_with("trainer-"));
 }

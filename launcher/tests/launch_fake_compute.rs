@@ -58,6 +58,7 @@ fn plan(dir: &Path, zones: &[(&str, Zone)], family: &str) -> LaunchPlan {
             prices: &prices,
             default_agent: None,
             storage_host: None,
+            launched_by: "tester@testbox".into(),
         },
     )
     .unwrap()

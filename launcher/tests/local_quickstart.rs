@@ -157,7 +157,12 @@ fn readme_first_command_runs_the_quickstart_end_to_end() {
     eprintln!("quickstart took {:?}", started.elapsed());
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("epoch 8/8"), "live logs: {stdout}");
-    assert!(stdout.contains("receipt: billed"), "receipt: {stdout}");
+    // A local run costs nothing, and the receipt says so (not "billed 1m 00s at $0.00/h").
+    assert!(
+        stdout.contains("receipt: local run, no charge (ran "),
+        "receipt: {stdout}"
+    );
+    assert!(!stdout.contains("billed"), "receipt: {stdout}");
     let run = run_id(&stdout);
 
     // Every checkpoint in the store came back byte for byte.
@@ -278,7 +283,13 @@ fn bad_input_is_refused_with_the_fix_and_an_earlier_run_is_untouched() {
     // stop --now kills the local agent and its job, and records the end.
     let out = home.launch(&work, &["--local", "stop", &run, "--now"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("killed the local agent"));
+    let said = text(&out.stdout);
+    assert!(said.contains("killed the local agent"), "{said}");
+    // It names the run it is about to end, and where that run came from.
+    assert!(
+        said.contains(&format!("ending run {run} (")) && said.contains("launched from"),
+        "{said}"
+    );
     let s = status_json(&home, &work, &run);
     assert_eq!(s["vm"]["alive"], false, "{s:#}");
     assert_eq!(s["status"]["end"]["reason"], "stopped", "{s:#}");
@@ -286,4 +297,142 @@ fn bad_input_is_refused_with_the_fix_and_an_earlier_run_is_untouched() {
     // ... and a new run of the project is accepted again (dry run: nothing started).
     let out = home.launch(&work, &["--local", "--dry-run", "main.py"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Live processes (not zombies) in session `sid`.
+fn session_members(sid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            cloudrun::procfs::stat_fields(*pid).is_some_and(|f| {
+                f.first().map(String::as_str) != Some("Z")
+                    && f.get(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_local_agent_shows_its_run_as_lost_and_sweep_closes_it() {
+    let home = Home::new();
+    let work = home.path().join("proj");
+    slow_project(&work);
+    let first = home.launch(&work, &["--local", "main.py"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let run = run_id(&text(&first.stdout));
+    wait_running(&home, &work, &run);
+    let s = status_json(&home, &work, &run);
+    let pid = s["vm"]["local_pid"].as_i64().unwrap() as i32;
+
+    // The agent dies (OOM killer, a crash); its job lives on in the session.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(RUN_START_SECS);
+    while status_json(&home, &work, &run)["vm"]["alive"] != false {
+        assert!(Instant::now() < deadline, "the agent never died");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Every view says the run is lost, not running.
+    let table = text(&home.launch(&work, &["--local", "status"]).stdout);
+    let row = table.lines().find(|l| l.starts_with(&run)).unwrap();
+    assert!(row.contains("lost") && !row.contains("running"), "{table}");
+    assert!(row.contains("sweep --yes"), "{row}");
+    // A local store has no VMs to check, and says nothing about it.
+    assert!(!table.contains("VM check skipped"), "{table}");
+    let one = text(&home.launch(&work, &["--local", "status", &run]).stdout);
+    assert!(
+        one.contains("phase    lost (agent gone; was running)"),
+        "{one}"
+    );
+    assert!(one.contains("cost     none (local run)"), "{one}");
+    assert!(
+        !one.lines()
+            .any(|l| l.starts_with("gpu now") && l[7..].trim_start().starts_with("at ")),
+        "a gpu now line without readings: {one}"
+    );
+    let ls = text(&home.launch(&work, &["--local", "ls"]).stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&run) && l.contains("lost")),
+        "{ls}"
+    );
+    assert_eq!(status_json(&home, &work, &run)["phase"], "lost");
+
+    // sweep lists it, and --yes closes it with a final status and ends its job.
+    let dry = text(&home.launch(&work, &["--local", "sweep"]).stdout);
+    assert!(
+        dry.contains(&format!("run {run}")) && dry.contains("closed as lost"),
+        "{dry}"
+    );
+    assert!(
+        !session_members(pid).is_empty(),
+        "the job should still be running"
+    );
+    let out = home.launch(&work, &["--local", "sweep", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("recorded it as lost"),
+        "{}",
+        text(&out.stdout)
+    );
+    let s = status_json(&home, &work, &run);
+    assert_eq!(s["phase"], "ended", "{s:#}");
+    assert_eq!(s["status"]["end"]["reason"], "lost", "{s:#}");
+    assert_eq!(s["status"]["vm"], "local_exit", "{s:#}");
+    let deadline = Instant::now() + Duration::from_secs(RUN_START_SECS);
+    while !session_members(pid).is_empty() {
+        assert!(Instant::now() < deadline, "the lost run's job still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = text(&home.launch(&work, &["--local", "sweep", "--yes"]).stdout);
+    assert!(again.contains("nothing to sweep"), "{again}");
+}
+
+#[test]
+fn local_launches_of_one_project_at_the_same_moment_start_one_run() {
+    const LAUNCHES: usize = 3;
+    let home = Home::new();
+    let work = home.path().join("proj");
+    slow_project(&work);
+    let children: Vec<_> = (0..LAUNCHES)
+        .map(|_| {
+            home.command(&launcher())
+                .current_dir(&work)
+                .args(["--local", "main.py"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let started: Vec<String> = outs
+        .iter()
+        .filter(|o| o.status.success())
+        .map(|o| run_id(&text(&o.stdout)))
+        .collect();
+    // Clean up whatever started before judging.
+    for run in &started {
+        home.launch(&work, &["--local", "stop", run, "--now"]);
+    }
+    assert_eq!(
+        started.len(),
+        1,
+        "{} of {LAUNCHES} simultaneous launches started a run: {:?}",
+        started.len(),
+        outs.iter().map(|o| text(&o.stderr)).collect::<Vec<_>>()
+    );
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("is still running locally"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
 }

@@ -78,3 +78,15 @@ async fn an_unknown_run_says_how_to_list_runs() {
     let (b, dir) = fake_gcs();
     scenario::an_unknown_run_says_how_to_list_runs(&b, dir.path()).await;
 }
+
+#[tokio::test]
+async fn latest_is_the_newest_run_of_this_project_folder() {
+    let (b, dir) = fake_gcs();
+    scenario::latest_is_the_newest_run_of_this_project_folder(&b, dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_status_breaks_only_its_own_row() {
+    let (b, dir) = fake_gcs();
+    scenario::a_corrupt_status_breaks_only_its_own_row(&b, dir.path()).await;
+}

@@ -63,12 +63,31 @@ pub async fn put(st: &dyn Storage, key: &str, data: impl Into<Vec<u8>>) {
         .unwrap();
 }
 
-/// One run per phase; each has logs, metrics and an output file.
-pub async fn seed(b: &Backend) {
+/// The spec of a run launched from the project folder `from`.
+pub fn spec_from(b: &Backend, id: &RunId, from: &Path) -> String {
+    serde_json::json!({
+        "schema": cloudrun::spec::SPEC_SCHEMA,
+        "run_id": id.as_str(),
+        "created_at": "2026-11-26T07:00:00Z",
+        "store": b.gcs_dir,
+        "job": {"command": ["python3", "main.py"]},
+        "price": {"usd_per_hour": 3.6, "source": "test"},
+        "origin": {
+            "by": "tester@testbox",
+            "project_dir": cloudrun_launch::plan::project_key(from),
+        },
+    })
+    .to_string()
+}
+
+/// One run per phase, launched from the project folder `from`; each has logs, metrics
+/// and an output file.
+pub async fn seed(b: &Backend, from: &Path) {
     let st = b.storage.as_ref();
     let l = &b.layout;
     for (id, phase) in PHASES {
         let id = RunId::parse(id).unwrap();
+        put(st, &l.spec(&id), spec_from(b, &id, from)).await;
         let mut s = RunStatus::launching(id.clone(), t("2026-11-26T07:00:00Z"), 3.6);
         s.phase = phase;
         s.updated_at = Utc::now();
@@ -114,7 +133,7 @@ pub async fn seed(b: &Backend) {
 }
 
 pub async fn status_shows_every_phase_and_one_run_in_detail(b: &Backend, cwd: &Path) {
-    seed(b).await;
+    seed(b, cwd).await;
     let inv = b.invoker(cwd);
     let (code, out) = inv.cmd(&["status"]).await;
     assert_eq!(code, 0);
@@ -147,7 +166,7 @@ pub async fn status_shows_every_phase_and_one_run_in_detail(b: &Backend, cwd: &P
 }
 
 pub async fn logs_print_the_chunks_in_order(b: &Backend, cwd: &Path) {
-    seed(b).await;
+    seed(b, cwd).await;
     let inv = b.invoker(cwd);
     for (id, _) in PHASES {
         let (code, out) = inv.cmd(&["logs", id]).await;
@@ -159,7 +178,7 @@ pub async fn logs_print_the_chunks_in_order(b: &Backend, cwd: &Path) {
 }
 
 pub async fn logs_follow_picks_up_new_chunks_until_the_run_ends(b: &Backend) {
-    seed(b).await;
+    seed(b, Path::new("/nonexistent-project")).await;
     let store = b.store();
     let id = RunId::parse("20261126-070000-0004").unwrap();
     let writer = {
@@ -199,7 +218,7 @@ pub async fn pull_brings_outputs_into_the_project_and_only_changed_files_again(
     proj: &Path,
     elsewhere: &Path,
 ) {
-    seed(b).await;
+    seed(b, proj).await;
     std::fs::create_dir_all(proj).unwrap();
     let inv = b.invoker(proj);
     let (code, out) = inv.cmd(&["pull", "20261126-070000-0006"]).await;
@@ -220,7 +239,7 @@ pub async fn pull_brings_outputs_into_the_project_and_only_changed_files_again(
 }
 
 pub async fn stop_writes_the_request_the_agent_polls_for(b: &Backend, cwd: &Path) {
-    seed(b).await;
+    seed(b, cwd).await;
     let inv = b.invoker(cwd);
     let (code, out) = inv.cmd(&["stop", "20261126-070000-0004"]).await;
     assert_eq!(code, 0);
@@ -250,7 +269,7 @@ pub async fn stop_writes_the_request_the_agent_polls_for(b: &Backend, cwd: &Path
 }
 
 pub async fn report_writes_an_svg(b: &Backend, dir: &Path) {
-    seed(b).await;
+    seed(b, dir).await;
     let svg = dir.join("r.svg");
     let (_, out) = b
         .invoker(dir)
@@ -265,7 +284,7 @@ pub async fn report_writes_an_svg(b: &Backend, dir: &Path) {
 }
 
 pub async fn an_unknown_run_says_how_to_list_runs(b: &Backend, cwd: &Path) {
-    seed(b).await;
+    seed(b, cwd).await;
     let inv = b.invoker(cwd);
     let err = inv
         .try_cmd(&["logs", "20991231-000000-ffff"])
@@ -282,4 +301,103 @@ pub async fn an_unknown_run_says_how_to_list_runs(b: &Backend, cwd: &Path) {
     );
     let err = inv.try_cmd(&["status", "nope"]).await.unwrap_err();
     assert!(err.to_string().contains("is not a run id"), "{err}");
+}
+
+/// `latest` is the newest run of this project folder: from project A it never names
+/// project B's newer run (once `stop --now latest` in A ended B's run), and from a folder
+/// with no runs it is an error naming the store's newest run instead of a guess.
+pub async fn latest_is_the_newest_run_of_this_project_folder(b: &Backend, dir: &Path) {
+    let (a, other, empty) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    for d in [&a, &other, &empty] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let st = b.storage.as_ref();
+    let l = &b.layout;
+    let older = RunId::parse("20261126-070000-000a").unwrap();
+    let newer = RunId::parse("20261126-080000-000b").unwrap();
+    for (id, from) in [(&older, &a), (&newer, &other)] {
+        let mut s = RunStatus::launching(id.clone(), Utc::now(), 1.0);
+        s.phase = Phase::Running;
+        put(st, &l.status(id), s.to_json()).await;
+        put(st, &l.spec(id), spec_from(b, id, from)).await;
+    }
+    let (_, out) = b.invoker(&a).cmd(&["status", "latest"]).await;
+    assert!(
+        out.contains(older.as_str()) && !out.contains(newer.as_str()),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "from     {}",
+            cloudrun_launch::plan::project_key(&a)
+        )),
+        "{out}"
+    );
+    let (_, out) = b.invoker(&a).cmd(&["stop", "latest"]).await;
+    assert!(out.contains(&format!("asked run {older} to stop")), "{out}");
+    assert!(st.head(&l.stop_request(&older)).await.unwrap().is_some());
+    assert!(
+        st.head(&l.stop_request(&newer)).await.unwrap().is_none(),
+        "stop latest in project A reached project B's run"
+    );
+    let (_, out) = b.invoker(&other).cmd(&["logs", "latest"]).await;
+    assert_eq!(out, "", "no logs yet, but the right run");
+    let err = b
+        .invoker(&empty)
+        .try_cmd(&["stop", "latest"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no run was launched from")
+            && err.contains("the newest run under")
+            && err.contains(newer.as_str())
+            && err.contains("-C DIR"),
+        "{err}"
+    );
+}
+
+/// One run's `status.json` is garbage: `status` and `ls` still list every run (the
+/// broken one as one row saying what is wrong), and `logs`, `pull` and `report` of the
+/// broken run use what is readable.
+pub async fn a_corrupt_status_breaks_only_its_own_row(b: &Backend, dir: &Path) {
+    seed(b, dir).await;
+    let st = b.storage.as_ref();
+    let l = &b.layout;
+    let broken = RunId::parse(PHASES[3].0).unwrap();
+    put(st, &l.status(&broken), "{\"phase\": \"runn").await;
+    let inv = b.invoker(dir);
+    let (code, out) = inv.cmd(&["status"]).await;
+    assert_eq!(code, 0);
+    for (id, _) in PHASES {
+        assert!(out.contains(id), "{id} missing: {out}");
+    }
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(broken.as_str()))
+        .unwrap();
+    assert!(
+        row.contains("broken") && row.contains("status.json is unreadable"),
+        "{row}"
+    );
+    let (_, json) = inv.cmd(&["status", "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), PHASES.len());
+    assert_eq!(rows[3]["phase"], "broken", "{rows:#}");
+    let (code, out) = inv.cmd(&["ls"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(PHASES[5].0) && out.contains("broken"), "{out}");
+    let (_, one) = inv.cmd(&["status", broken.as_str()]).await;
+    assert!(one.contains("problem  status.json is unreadable"), "{one}");
+    let (_, logs) = inv.cmd(&["logs", broken.as_str()]).await;
+    assert_eq!(logs, "epoch 1\nepoch 2\ndone\n");
+    let into = dir.join("pulled");
+    let (_, out) = inv
+        .cmd(&["pull", broken.as_str(), "--into", into.to_str().unwrap()])
+        .await;
+    assert!(out.contains("pulled 1 file(s)"), "{out}");
+    let svg = dir.join("broken.svg");
+    inv.cmd(&["report", broken.as_str(), "--out", svg.to_str().unwrap()])
+        .await;
+    assert!(svg.is_file());
 }
