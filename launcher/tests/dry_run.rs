@@ -133,3 +133,48 @@ async fn the_first_help_example_plans_a_vm() {
     let body: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
     assert!(body["name"].as_str().unwrap().starts_with("trainer-"));
 }
+
+/// A script outside the current directory must not silently make its own folder the
+/// project (that packed `/etc` for `/etc/hostname`): without `-C` it is refused with the
+/// `-C` that would pack it, and with that `-C` it plans and names the folder it packs.
+#[tokio::test]
+async fn a_script_outside_the_current_directory_needs_dash_c() {
+    let sb = Sandbox::new();
+    let unrelated = sb.path().join("unrelated");
+    let sub = sb.path().join("elsewhere/sub");
+    std::fs::create_dir_all(&unrelated).unwrap();
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("x.py"), "print('x')\n").unwrap();
+    std::fs::write(sub.join("secret.txt"), "not for upload\n").unwrap();
+    std::fs::write(sb.path().join("cloudrun-agent"), b"\x7fELF agent").unwrap();
+    let env = [(
+        "CLOUDRUN_AGENT_BINARY",
+        sb.path().join("cloudrun-agent").display().to_string(),
+    )];
+    let script = sub.join("x.py").display().to_string();
+    let ran = sb
+        .run(&unrelated, &env, &["--local", "--dry-run", &script])
+        .await;
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.stderr.contains("is outside the project folder")
+            && ran.stderr.contains(&format!("pass -C {}", sub.display())),
+        "{}",
+        ran.stderr
+    );
+    let ran = sb
+        .run(&unrelated, &[], &["--dry-run", "--gpu", "l4", "/etc/hostname"])
+        .await;
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("pass -C /etc"), "{}", ran.stderr);
+
+    // With the -C it names, the same script plans, from that folder.
+    let dir = sub.display().to_string();
+    let ran = sb
+        .run(&unrelated, &env, &["--local", "--dry-run", "-C", &dir, &script])
+        .await;
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stderr.contains(&format!("from {dir}")), "{}", ran.stderr);
+    let spec: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(spec["job"]["command"], serde_json::json!(["python3", "x.py"]));
+}
