@@ -163,7 +163,11 @@ async fn a_script_outside_the_current_directory_needs_dash_c() {
         ran.stderr
     );
     let ran = sb
-        .run(&unrelated, &[], &["--dry-run", "--gpu", "l4", "/etc/hostname"])
+        .run(
+            &unrelated,
+            &[],
+            &["--dry-run", "--gpu", "l4", "/etc/hostname"],
+        )
         .await;
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains("pass -C /etc"), "{}", ran.stderr);
@@ -171,10 +175,21 @@ async fn a_script_outside_the_current_directory_needs_dash_c() {
     // With the -C it names, the same script plans, from that folder.
     let dir = sub.display().to_string();
     let ran = sb
-        .run(&unrelated, &env, &["--local", "--dry-run", "-C", &dir, &script])
+        .run(
+            &unrelated,
+            &env,
+            &["--local", "--dry-run", "-C", &dir, &script],
+        )
         .await;
     assert_eq!(ran.code, 0, "{ran:?}");
-    assert!(ran.stderr.contains(&format!("from {dir}")), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("from {dir}")),
+        "{}",
+        ran.stderr
+    );
     let spec: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
-    assert_eq!(spec["job"]["command"], serde_json::json!(["python3", "x.py"]));
+    assert_eq!(
+        spec["job"]["command"],
+        serde_json::json!(["python3", "x.py"])
+    );
 }

@@ -388,6 +388,30 @@ fn a_killed_local_agent_shows_its_run_as_lost_and_sweep_closes_it() {
     }
     let again = text(&home.launch(&work, &["--local", "sweep", "--yes"]).stdout);
     assert!(again.contains("nothing to sweep"), "{again}");
+
+    // `stop` of a run whose agent is gone closes it too, instead of asking no one.
+    let second = home.launch(&work, &["--local", "main.py"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let run = run_id(&text(&second.stdout));
+    wait_running(&home, &work, &run);
+    let pid = status_json(&home, &work, &run)["vm"]["local_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(RUN_START_SECS);
+    while status_json(&home, &work, &run)["vm"]["alive"] != false {
+        assert!(Instant::now() < deadline, "the agent never died");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = text(&home.launch(&work, &["--local", "stop", "latest"]).stdout);
+    assert!(
+        out.contains(&format!("run {run}")) && out.contains("recorded it as lost"),
+        "{out}"
+    );
+    assert_eq!(
+        status_json(&home, &work, &run)["status"]["end"]["reason"],
+        "lost"
+    );
 }
 
 #[test]
