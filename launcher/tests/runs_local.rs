@@ -83,3 +83,9 @@ async fn a_corrupt_status_breaks_only_its_own_row() {
     let (b, dir) = local();
     scenario::a_corrupt_status_breaks_only_its_own_row(&b, dir.path()).await;
 }
+
+#[tokio::test]
+async fn a_local_runs_status_says_no_charge_and_checks_no_vm() {
+    let (b, dir) = local();
+    scenario::a_local_runs_status_says_no_charge_and_checks_no_vm(&b, dir.path()).await;
+}

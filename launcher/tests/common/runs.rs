@@ -401,3 +401,49 @@ pub async fn a_corrupt_status_breaks_only_its_own_row(b: &Backend, dir: &Path) {
         .await;
     assert!(svg.is_file());
 }
+
+/// A finished local run on a machine without GPUs: `status` says it cost nothing ("local
+/// run, no charge", not "billed 1m 00s at $0.00/h"), prints no empty `gpu now` line for
+/// a sample without readings, and the table has no "VM check skipped" note (a local
+/// store has no VMs to check).
+pub async fn a_local_runs_status_says_no_charge_and_checks_no_vm(b: &Backend, dir: &Path) {
+    let st = b.storage.as_ref();
+    let l = &b.layout;
+    let id = RunId::parse("20261126-070000-00cc").unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&spec_from(b, &id, dir)).unwrap();
+    spec["placement"] = serde_json::json!({"provider": "local"});
+    spec["price"] = serde_json::json!({"usd_per_hour": 0.0, "source": "local run: no charge"});
+    put(st, &l.spec(&id), spec.to_string()).await;
+    let started = t("2026-11-26T07:00:00Z");
+    let ended = t("2026-11-26T07:00:12Z");
+    let mut s = RunStatus::launching(id.clone(), started, 0.0);
+    s.phase = Phase::Ended;
+    s.agent_started_at = Some(started);
+    s.ended_at = Some(ended);
+    s.end = Some(EndInfo {
+        reason: EndReason::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        message: String::new(),
+    });
+    s.last_gpu = Some(GpuSample {
+        at: ended,
+        gpus: Vec::new(),
+        error: Some("nvidia-smi: not found".into()),
+    });
+    s.receipt = Some(cloudrun::billing::Receipt::new(started, ended, 0.0, 0, 12));
+    put(st, &l.status(&id), s.to_json()).await;
+
+    let inv = b.invoker(dir);
+    let (_, one) = inv.cmd(&["status", "--local", id.as_str()]).await;
+    assert!(
+        one.contains("receipt  local run, no charge (ran 12s)"),
+        "{one}"
+    );
+    assert!(!one.contains("billed") && !one.contains("$0.00/h"), "{one}");
+    assert!(one.contains("cost     none (local run)"), "{one}");
+    assert!(!one.contains("gpu now"), "{one}");
+    let (_, table) = inv.cmd(&["status", "--local"]).await;
+    assert!(table.contains(id.as_str()), "{table}");
+    assert!(!table.contains("VM check skipped"), "{table}");
+}
