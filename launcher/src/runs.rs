@@ -940,12 +940,12 @@ pub async fn stop(
     let (p, z, n) = v
         .instance()
         .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
-    writeln!(out, "ending run {}", v.brief())?;
     let compute = compute.ok_or_else(|| {
         RunsError::Other(
             "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
         )
     })?;
+    writeln!(out, "ending run {}", v.brief())?;
     let rid = uuid::Uuid::new_v4().to_string();
     match compute
         .delete_instance(&p, &z, &n, &rid)

@@ -385,3 +385,25 @@ async fn status_and_ls_show_the_gpu_wait_and_a_gpu_unavailable_end() {
     let (_, ls) = w.inv.cmd(&["ls"]).await;
     assert!(line_of(&ls, WAITING).contains("waiting_for_gpu "), "{ls}");
 }
+
+/// `stop --now` names the run it is about to end (id, GPU, phase) before the delete, and
+/// deletes exactly that run's VM.
+#[tokio::test]
+async fn stop_now_names_the_run_it_ends_and_deletes_only_its_vm() {
+    let w = world().await;
+    let (code, out) = w.inv.cmd(&["stop", HEALTHY, "--now"]).await;
+    assert_eq!(code, 0, "{out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("ending run {HEALTHY} (")) && first.contains("running"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deleting VM cr-healthy in us-central1-a"),
+        "{out}"
+    );
+    assert_eq!(
+        *w.fake.deletes.lock().unwrap(),
+        ["us-central1-a/cr-healthy"]
+    );
+}
