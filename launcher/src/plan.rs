@@ -1142,7 +1142,7 @@ pub(crate) mod tests {
                     st.gpu = s_("h100");
                     st.zones = s(vec!["us-central1-f".into()]);
                 },
-                "zone us-central1-f has no h100 GPUs (in us-central1: us-central1-a, us-central1-c)",
+                "zone us-central1-f has no h100 GPUs (in us-central1: us-central1-a, us-central1-b, us-central1-c)",
             ),
             (|st| st.max_time = s_("forever"), "not a duration"),
             (|st| st.max_time = s_("10s"), "under 30 s"),

@@ -3,10 +3,12 @@
 //! `plan` uses them to refuse a zone that does not exist (`us-central1-z`) and a GPU/zone
 //! pair known not to exist (an H100 in `us-central1-f`), naming the zones that have it.
 //!
-//! Pure data, no network. Written from Google's "Regions and zones" and "GPU regions and
-//! zones availability" pages as recalled when this table was made; Compute's own
-//! `acceleratorTypes.list` is the truth, and a zone the table gets wrong fails at insert
-//! with Google's error. Only a region listed for a GPU in [`GPU_ZONES`] is *charted* for
+//! Pure data, no network. The A100, A100 80GB and H100 rows follow the zones of the
+//! `a2-highgpu-1g`, `a2-ultragpu-1g` and `a3-highgpu-1g` rows of SkyPilot's GCP catalog v8
+//! (the source of the built-in price table); the T4, V100, P100 and L4 rows and the region
+//! list follow Google's "GPU regions and zones" and "Regions and zones" pages as recalled
+//! when the table was made. Compute's own `acceleratorTypes.list` is the truth, and a zone
+//! the table gets wrong fails at insert with Google's error. Only a region listed for a GPU in [`GPU_ZONES`] is *charted* for
 //! it: a zone of an uncharted region is let through (with no claim either way), so a
 //! gap in this table never blocks a real zone, only a wrong entry could.
 
@@ -24,6 +26,7 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("asia-south2", "abc"),
     ("asia-southeast1", "abc"),
     ("asia-southeast2", "abc"),
+    ("asia-southeast3", "abc"),
     ("australia-southeast1", "abc"),
     ("australia-southeast2", "abc"),
     ("europe-central2", "abc"),
@@ -103,7 +106,13 @@ pub const GPU_ZONES: &[(GpuKind, &[(&str, &str)])] = &[
             ("us-central1", "abcf"),
             ("us-east1", "b"),
             ("us-west1", "b"),
+            ("us-west3", "b"),
+            ("us-west4", "b"),
             ("europe-west4", "ab"),
+            ("me-west1", "ac"),
+            ("asia-northeast1", "ac"),
+            ("asia-northeast3", "ab"),
+            ("asia-southeast1", "abc"),
         ],
     ),
     (
@@ -111,17 +120,20 @@ pub const GPU_ZONES: &[(GpuKind, &[(&str, &str)])] = &[
         &[
             ("us-central1", "ac"),
             ("us-east4", "c"),
-            ("us-east5", "b"),
+            ("us-east5", "ab"),
             ("europe-west4", "a"),
+            ("asia-southeast1", "c"),
         ],
     ),
     (
         GpuKind::H100,
         &[
-            ("us-central1", "ac"),
+            ("us-central1", "abc"),
             ("us-east4", "abc"),
             ("us-east5", "a"),
             ("us-west1", "ab"),
+            ("us-west4", "a"),
+            ("europe-west1", "bc"),
             ("europe-west4", "bc"),
         ],
     ),
@@ -231,7 +243,7 @@ mod tests {
         let e = check_gpu_in_zone(GpuKind::H100, "us-central1-f").unwrap_err();
         assert!(e.contains("zone us-central1-f has no h100 GPUs"), "{e}");
         assert!(
-            e.contains("in us-central1: us-central1-a, us-central1-c"),
+            e.contains("in us-central1: us-central1-a, us-central1-b, us-central1-c"),
             "{e}"
         );
         assert!(e.contains("europe-west4-b"), "{e}");
