@@ -3,14 +3,15 @@
 //! `plan` uses them to refuse a zone that does not exist (`us-central1-z`) and a GPU/zone
 //! pair known not to exist (an H100 in `us-central1-f`), naming the zones that have it.
 //!
-//! Pure data, no network. The A100, A100 80GB and H100 rows follow the zones of the
-//! `a2-highgpu-1g`, `a2-ultragpu-1g` and `a3-highgpu-1g` rows of SkyPilot's GCP catalog v8
-//! (the source of the built-in price table); the T4, V100, P100 and L4 rows and the region
-//! list follow Google's "GPU regions and zones" and "Regions and zones" pages as recalled
-//! when the table was made. Compute's own `acceleratorTypes.list` is the truth, and a zone
-//! the table gets wrong fails at insert with Google's error. Only a region listed for a GPU in [`GPU_ZONES`] is *charted* for
-//! it: a zone of an uncharted region is let through (with no claim either way), so a
-//! gap in this table never blocks a real zone, only a wrong entry could.
+//! Pure data, no network. The L4, A100, A100 80GB and H100 rows follow the zones of the
+//! `g2-standard-*`, `a2-highgpu-1g`, `a2-ultragpu-1g` and `a3-highgpu-1g` rows of
+//! SkyPilot's GCP catalog v8 (the source of the built-in price table); the T4, V100 and
+//! P100 rows and the region list follow Google's "GPU regions and zones" and "Regions and
+//! zones" pages as recalled when the table was made. Compute's own `acceleratorTypes.list`
+//! is the truth, and a zone the table gets wrong fails at insert with Google's error.
+//! Only a region listed for a GPU in [`GPU_ZONES`] is *charted* for it: a zone of an
+//! uncharted region is let through (with no claim either way), so a gap in this table
+//! never blocks a real zone; only a wrong entry could.
 
 use crate::gpu::GpuKind;
 
@@ -97,7 +98,20 @@ pub const GPU_ZONES: &[(GpuKind, &[(&str, &str)])] = &[
             ("us-east1", "bcd"),
             ("us-east4", "ac"),
             ("us-west1", "abc"),
+            ("us-west4", "ac"),
+            ("northamerica-northeast1", "bc"),
+            ("northamerica-northeast2", "ab"),
+            ("europe-west1", "bc"),
+            ("europe-west2", "ab"),
+            ("europe-west3", "ab"),
             ("europe-west4", "abc"),
+            ("europe-west6", "bc"),
+            ("me-central2", "ac"),
+            ("asia-east1", "abc"),
+            ("asia-northeast1", "abc"),
+            ("asia-northeast3", "ab"),
+            ("asia-south1", "abc"),
+            ("asia-southeast1", "abc"),
         ],
     ),
     (
