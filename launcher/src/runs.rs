@@ -1060,6 +1060,9 @@ pub async fn sweep_candidates(
         let why = match RunId::parse(&run) {
             Err(_) => old.then(|| "no cloudrun-run label".to_string()),
             Ok(id) => match store.load(&id).await {
+                // An unreadable status says nothing about the run: its agent may be
+                // healthy (and rewrites the status soon). `status` shows the problem.
+                Ok(v) if v.broken() => None,
                 Ok(v) if v.phase().is_terminal() => Some(format!("run ended ({})", v.end())),
                 Ok(v) if v.silent(now) => Some("no heartbeat".to_string()),
                 Ok(v) if v.status.is_none() && old => Some("no status after boot".to_string()),

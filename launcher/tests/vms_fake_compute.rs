@@ -407,3 +407,34 @@ async fn stop_now_names_the_run_it_ends_and_deletes_only_its_vm() {
         ["us-central1-a/cr-healthy"]
     );
 }
+
+/// A run whose `status.json` is unreadable is not taken for a VM without a status: its
+/// agent may be healthy. `sweep` leaves its VM alone and still sweeps the others, and
+/// `ls` shows the run as broken beside its live VM.
+#[tokio::test]
+async fn sweep_leaves_the_vm_of_a_run_with_an_unreadable_status_alone() {
+    let w = world().await;
+    let st = LocalStorage::new(w._dir.path());
+    let key = Layout::new("").status(&RunId::parse(HEALTHY).unwrap());
+    st.put_bytes(
+        &key,
+        Bytes::from_static(b"{\"phase\": \"runn"),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (code, out) = w.inv.cmd(&["sweep"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("cr-healthy"), "{out}");
+    assert!(
+        out.contains("cr-ended") && out.contains("cr-stale"),
+        "{out}"
+    );
+    let (_, ls) = w.inv.cmd(&["ls"]).await;
+    let row = line_of(&ls, HEALTHY);
+    assert!(
+        row.contains("broken") && row.contains("cr-healthy RUNNING"),
+        "{ls}"
+    );
+    assert_eq!(w.fake.delete_count(), 0);
+}
