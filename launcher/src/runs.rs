@@ -60,8 +60,6 @@ pub enum RunsError {
         #[source]
         source: cloudrun::compute::ComputeError,
     },
-    #[error("{0} is not valid JSON: {1}")]
-    Json(String, serde_json::Error),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
     #[error("run {0} has no recorded VM (no spec placement, no status instance)")]
