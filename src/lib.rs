@@ -11,6 +11,7 @@ pub mod compute_rest;
 pub mod contract;
 pub mod gpu_names;
 pub mod http;
+pub mod joblog;
 pub mod layout;
 pub mod manifest;
 pub mod prices;

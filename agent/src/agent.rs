@@ -35,10 +35,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{secs_between, Clock};
 use crate::gpu::{GpuProbe, GpuState};
 use crate::gpu_wait::{self, LossWatch};
-use crate::logs::{self, Activity, LogMsg, LogShipper, LogSinks, AGENT_LINE_PREFIX};
+use crate::logs::{self, Activity, LogLine, LogMsg, LogShipper, LogSinks, Tails};
 use crate::metadata::MetadataClient;
 use crate::policy::{Notice, Policies};
-use crate::process::{self, Job, JobCommand, JobExit};
+use crate::process::{self, Job, JobCommand, JobExit, JobIo};
 use crate::report::{self, MetricsMsg};
 use crate::state::{self, AgentState, Resume, Stage};
 use crate::transfer::{CodeSource, MirroredOutputs, Outputs};
@@ -53,8 +53,16 @@ pub const PREEMPTED_GRACE_SECS: u64 = 10;
 /// Most time for the final sync after a preemption (what fits in the ~30 s notice);
 /// otherwise the spec's `policies.final_sync_secs` applies.
 pub const PREEMPTED_FINAL_SYNC_SECS: u64 = 15;
-/// How long the output readers may take to drain after the job's group was killed.
+/// How long the output tails may take to read the last of the job's output after a
+/// process ended (or its group was killed).
 pub const READER_DRAIN_SECS: u64 = 5;
+/// File in the state dir where the shim records the job's exit.
+pub const JOB_EXIT_FILE_NAME: &str = "exit-job.json";
+/// File in the state dir where the shim records the setup command's exit.
+pub const SETUP_EXIT_FILE_NAME: &str = "exit-setup.json";
+/// File in the state dir naming the setup's shim (pid, start time) while it runs, so an
+/// agent restarted during setup ends the old one before starting setup again.
+pub const SETUP_PROCESS_FILE_NAME: &str = "setup-process.json";
 /// How long a heartbeat write under way at the end may take before it is dropped: the
 /// final status must not be overtaken by it.
 pub const HEARTBEAT_DRAIN_SECS: u64 = 5;
@@ -86,6 +94,9 @@ pub struct Settings {
     pub sinks: LogSinks,
     /// Treat SIGTERM to the agent (the VM shutting down) as a stop. Off in tests.
     pub handle_sigterm: bool,
+    /// The `cloudrun-agent` executable, which holds each job as `job-shim` (so the job
+    /// outlives a crashed agent and its exit code is kept).
+    pub job_shim: PathBuf,
 }
 
 /// The Compute client and the instance to delete. Absent for local runs.
@@ -207,6 +218,10 @@ pub async fn run_agent(
         }
     }
 
+    if resume == Resume::Fresh {
+        // Another run's output, or none: this run's output files start empty.
+        forget_output(&settings.state_dir);
+    }
     let mut agent = Agent::start(spec, settings, deps, st, state_path).await;
     let outcome = match resume {
         Resume::Fresh => {
@@ -216,6 +231,7 @@ pub async fn run_agent(
         }
         Resume::Prepare => {
             agent.note("restarted while preparing: pulling and running setup again");
+            agent.end_leftover_setup();
             let (end, job) = agent.prepare_and_run().await;
             agent.teardown(end, job).await
         }
@@ -229,14 +245,24 @@ pub async fn run_agent(
         }
         Resume::Lost { job_started_at } => {
             agent.status.job_started_at = Some(job_started_at);
-            let end = end_info(
-                EndReason::Lost,
-                "the agent restarted and the job was no longer running",
-            );
+            let end = match process::recorded_exit(&agent.exit_file(JOB_EXIT_FILE_NAME)) {
+                Some(exit) => {
+                    agent.note(&format!(
+                        "the job ended while the agent was down, with {}",
+                        exit.describe()
+                    ));
+                    job_exit_end(exit)
+                }
+                None => end_info(
+                    EndReason::Lost,
+                    "the agent restarted and the job was no longer running",
+                ),
+            };
             agent.teardown(end, None).await
         }
         Resume::Teardown { end, job } => {
-            let job = job.map(|(pid, ticks)| Job::adopt(pid, ticks));
+            let exit_file = agent.exit_file(JOB_EXIT_FILE_NAME);
+            let job = job.map(|(pid, ticks)| Job::adopt(pid, ticks, exit_file));
             agent.teardown(end, job).await
         }
         Resume::Delete {
@@ -277,7 +303,7 @@ struct Agent {
     outputs_task: Option<JoinHandle<()>>,
     outputs: Arc<dyn Outputs>,
     activity: Arc<Activity>,
-    readers: Vec<JoinHandle<()>>,
+    tails: Option<Tails>,
     webhook: Option<Webhook>,
     setup_secs: u64,
     final_sync_verified: bool,
@@ -323,6 +349,8 @@ impl Agent {
         }
 
         let log_seq = logs::next_seq(storage.as_ref(), &layout.logs_prefix(&run), now).await;
+        let cursor_path = settings.state_dir.join(logs::CURSOR_FILE_NAME);
+        let from = logs::resume_cursor(storage.as_ref(), &layout, &run, &cursor_path).await;
         let metrics_seq = logs::next_seq(storage.as_ref(), &layout.metrics_prefix(&run), now).await;
         let mut sinks = settings.sinks.clone();
         sinks.local_file = Some(settings.state_dir.join("job.log"));
@@ -333,6 +361,21 @@ impl Agent {
             run.clone(),
             log_seq,
             &sinks,
+        )
+        .with_cursor(cursor_path, from);
+        let output = logs::output_paths(&settings.state_dir);
+        if let Some(d) = output.0.parent() {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                tracing::warn!("creating {}: {e}", d.display());
+            }
+        }
+        let activity = Arc::new(Activity::default());
+        let tails = Tails::start(
+            output,
+            from,
+            log_tx.clone(),
+            activity.clone(),
+            deps.clock.clone(),
         );
         let flush = Duration::from_secs(spec.policies.intervals.log_flush_secs);
         let log_task = tokio::spawn(shipper.run(log_rx, flush));
@@ -380,8 +423,8 @@ impl Agent {
             outputs_stop: CancellationToken::new(),
             outputs_task: None,
             outputs,
-            activity: Arc::new(Activity::default()),
-            readers: Vec::new(),
+            activity,
+            tails: Some(tails),
             webhook,
             setup_secs: 0,
             final_sync_verified: false,
@@ -407,9 +450,38 @@ impl Agent {
     /// A line in the job log (and the agent's own log) from the agent.
     fn note(&self, msg: &str) {
         tracing::info!("{msg}");
-        let _ = self
-            .log_tx
-            .try_send(LogMsg::Line(format!("{AGENT_LINE_PREFIX} {msg}")));
+        let _ = self.log_tx.try_send(LogMsg::Line(LogLine::agent(msg)));
+    }
+
+    /// A warning in the job log and the agent's own log.
+    fn note_warning(&self, msg: &str) {
+        tracing::warn!("{msg}");
+        let _ = self.log_tx.try_send(LogMsg::Line(LogLine::agent(msg)));
+    }
+
+    /// Where the shim records the exit of the process `name` names.
+    fn exit_file(&self, name: &str) -> PathBuf {
+        self.settings.state_dir.join(name)
+    }
+
+    /// An agent restarted during setup: the old setup may still run (its output goes to
+    /// files, so it did not die with the agent). End its group before setup runs again.
+    fn end_leftover_setup(&self) {
+        let path = self.settings.state_dir.join(SETUP_PROCESS_FILE_NAME);
+        let Some((pid, ticks)) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<(i32, u64)>(&b).ok())
+        else {
+            return;
+        };
+        if process::is_same_process_alive(pid, ticks) {
+            self.note(&format!(
+                "the setup started by the previous agent (process group {pid}) still runs: ending it"
+            ));
+            Job::adopt(pid, ticks, self.exit_file(SETUP_EXIT_FILE_NAME))
+                .signal_group(nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     fn webhook(&self, event: WebhookEvent, reason: Option<EndReason>, message: &str) {
@@ -575,6 +647,9 @@ impl Agent {
                 None
             }
             Event::Outputs(pass) => {
+                for m in &pass.skipped {
+                    self.note_warning(m);
+                }
                 if pass.changed {
                     self.policies.observe_activity(self.deps.clock.now());
                 }
@@ -778,40 +853,41 @@ impl Agent {
         env
     }
 
-    fn spawn_job(&mut self, argv: Vec<String>, run_as: &Option<RunAs>) -> Result<Job, String> {
+    /// Start `argv` through the shim, its output appended to the run's output files and
+    /// its exit recorded in the state dir's `exit_name`.
+    fn spawn_job(
+        &mut self,
+        argv: Vec<String>,
+        run_as: &Option<RunAs>,
+        exit_name: &str,
+    ) -> Result<Job, String> {
         let cmd = JobCommand {
             argv,
             cwd: job_dir(&self.settings, &self.spec),
             env: self.job_env(),
             run_as: run_as.clone(),
         };
-        let s = process::spawn(&cmd).map_err(|e| e.to_string())?;
-        let clock = self.deps.clock.clone();
-        self.readers.push(logs::spawn_reader(
-            s.stdout,
-            self.log_tx.clone(),
-            self.activity.clone(),
-            clock.clone(),
-        ));
-        self.readers.push(logs::spawn_reader(
-            s.stderr,
-            self.log_tx.clone(),
-            self.activity.clone(),
-            clock,
-        ));
-        Ok(s.job)
+        let (out, err) = logs::output_paths(&self.settings.state_dir);
+        let open = |p: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("opening the job's output file {}: {e}", p.display()))
+        };
+        let io = JobIo {
+            shim: self.settings.job_shim.clone(),
+            exit_file: self.exit_file(exit_name),
+            stdout: open(&out)?,
+            stderr: open(&err)?,
+        };
+        process::spawn(&cmd, io).map_err(|e| e.to_string())
     }
 
+    /// Let the tails read what the process that just ended wrote.
     async fn drain_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(READER_DRAIN_SECS), r)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "the job's output stayed open after it was killed; stopped reading it"
-                );
-            }
+        if let Some(t) = &self.tails {
+            t.catch_up(Duration::from_secs(READER_DRAIN_SECS)).await;
         }
     }
 
@@ -856,10 +932,20 @@ impl Agent {
         if let Some(setup) = self.spec.job.setup.clone() {
             self.set_phase(Phase::Setup);
             self.note(&format!("setup: {setup}"));
-            let mut job = match self.spawn_job(vec!["sh".into(), "-c".into(), setup], &run_as) {
+            let mut job = match self.spawn_job(
+                vec!["sh".into(), "-c".into(), setup],
+                &run_as,
+                SETUP_EXIT_FILE_NAME,
+            ) {
                 Ok(j) => j,
                 Err(e) => return (end_info(EndReason::SetupFailed, e), None),
             };
+            let setup_file = self.settings.state_dir.join(SETUP_PROCESS_FILE_NAME);
+            let setup_pid = job.pid();
+            let setup_ticks = process::proc_start_ticks(setup_pid).unwrap_or(0);
+            if let Err(e) = crate::transfer::save_json(&setup_file, &(setup_pid, setup_ticks)) {
+                tracing::warn!("could not save {}: {e}", setup_file.display());
+            }
             match self.watch_until(job.wait()).await {
                 Err(end) => return (end, Some(job)),
                 Ok(exit) if exit.success() => {}
@@ -881,7 +967,11 @@ impl Agent {
 
         let now = self.deps.clock.now();
         self.setup_secs = secs_between(self.state.agent_started_at, now).max(0.0) as u64;
-        let mut job = match self.spawn_job(self.spec.job.command.clone(), &run_as) {
+        let mut job = match self.spawn_job(
+            self.spec.job.command.clone(),
+            &run_as,
+            JOB_EXIT_FILE_NAME,
+        ) {
             Ok(j) => j,
             Err(e) => return (end_info(EndReason::Failed, e), None),
         };
@@ -912,7 +1002,7 @@ impl Agent {
         started: DateTime<Utc>,
     ) -> (EndInfo, Option<Job>) {
         let msg = format!(
-            "agent restarted; the job (pid {pid}) is still running and is supervised again, but its output since the restart is not captured"
+            "agent restarted; the job (process group {pid}) is still running and is supervised again; its output is shipped from where the last agent left off"
         );
         self.note(&msg);
         self.status.warnings.push(msg);
@@ -925,13 +1015,16 @@ impl Agent {
         }
         self.set_phase(Phase::Running);
         self.start_output_sync();
-        let mut job = Job::adopt(pid, start_ticks);
+        let mut job = Job::adopt(pid, start_ticks, self.exit_file(JOB_EXIT_FILE_NAME));
         match self.watch_until(job.wait()).await {
             Err(end) => (end, Some(job)),
+            Ok(exit) if exit.code.is_some() || exit.signal.is_some() => {
+                (job_exit_end(exit), None)
+            }
             Ok(_) => (
                 end_info(
                     EndReason::Lost,
-                    "the job exited after an agent restart; only the previous agent could see its exit code",
+                    "the job exited after an agent restart and its exit was not recorded",
                 ),
                 None,
             ),
@@ -963,7 +1056,9 @@ impl Agent {
         }
         self.watchers.cancel();
         self.outputs_stop.cancel();
-        self.drain_readers().await;
+        if let Some(t) = self.tails.take() {
+            t.finish(Duration::from_secs(READER_DRAIN_SECS)).await;
+        }
 
         // Final sync: the periodic pass under way, outputs, then logs and metrics (the log
         // gets the sync's result), all within one deadline.
@@ -982,6 +1077,9 @@ impl Agent {
                 ..Default::default()
             },
         };
+        for m in &pass.skipped {
+            self.note_warning(m);
+        }
         if pass.complete {
             self.note(&format!(
                 "final sync: outputs verified ({} file(s) sent now)",
@@ -1158,6 +1256,26 @@ impl Agent {
             vm,
             kept_disk,
             final_sync_verified: self.final_sync_verified,
+        }
+    }
+}
+
+/// Remove the output files, their cursor and the exit records of an earlier run from the
+/// state dir (a fresh start).
+fn forget_output(state_dir: &std::path::Path) {
+    let (out, err) = logs::output_paths(state_dir);
+    for p in [
+        out,
+        err,
+        state_dir.join(logs::CURSOR_FILE_NAME),
+        state_dir.join(JOB_EXIT_FILE_NAME),
+        state_dir.join(SETUP_EXIT_FILE_NAME),
+        state_dir.join(SETUP_PROCESS_FILE_NAME),
+    ] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("removing {}: {e}", p.display()),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! | --- | --- |
 //! | [`agent`] | the run in order, the supervisor loop, teardown, delete / power-off |
 //! | [`policy`] | GPU idle, stall, budget and max-time decisions over injected time |
-//! | [`process`] | the job's process: group, user switch, signals, exit, adoption |
+//! | [`process`] | the job's process: group, signals, exit, adoption |
+//! | [`shim`] | `job-shim`: the parent that holds the job, switches its user, records its exit |
 //! | [`logs`] | line capture and log shipping (file, journal, console, GCS chunks) |
 //! | [`report`] | heartbeat `status.json` writer and GPU metrics batches |
 //! | [`gpu`] | `nvidia-smi` probe and parser |
@@ -29,6 +30,7 @@ pub mod metadata;
 pub mod policy;
 pub mod process;
 pub mod report;
+pub mod shim;
 pub mod state;
 pub mod token;
 pub mod transfer;
@@ -82,6 +84,8 @@ pub enum RunError {
     Compute(#[from] cloudrun::compute::ComputeError),
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    #[error("finding the agent's own executable (it holds the job as `job-shim`): {0}")]
+    OwnExecutable(#[source] std::io::Error),
 }
 
 impl RunError {
@@ -173,6 +177,7 @@ pub async fn run(cfg: Config) -> Result<Outcome, RunError> {
             echo: true,
         },
         handle_sigterm: true,
+        job_shim: std::env::current_exe().map_err(RunError::OwnExecutable)?,
     };
     Ok(run_agent(spec, settings, deps).await?)
 }
@@ -185,3 +190,51 @@ fn unreachable_metadata() -> Result<String, RunError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The `cloudrun-agent` executable for unit tests that start jobs through the shim.
+#[cfg(test)]
+pub(crate) mod test_shim {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    /// `CLOUDRUN_AGENT_BINARY` when set (scripts/test.sh builds the agent first), else
+    /// `cargo build -p cloudrun-agent --bin cloudrun-agent` into this target dir (a no-op
+    /// once built). Cargo's per-test variables are removed first, as in the launcher's
+    /// tests, so the build does not rebuild the TLS stack.
+    pub fn path() -> PathBuf {
+        static SHIM: OnceLock<PathBuf> = OnceLock::new();
+        SHIM.get_or_init(|| {
+            if let Some(p) = std::env::var_os("CLOUDRUN_AGENT_BINARY") {
+                return PathBuf::from(p);
+            }
+            let exe = std::env::current_exe().expect("test executable");
+            // target/<profile>/deps/<test> → target/<profile>
+            let dir = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .expect("target dir")
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "cloudrun-agent", "--bin", "cloudrun-agent"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                    || k == "OUT_DIR"
+                {
+                    cmd.env_remove(&*k);
+                }
+            }
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().expect("run cargo build -p cloudrun-agent");
+            assert!(st.success(), "cargo build -p cloudrun-agent failed");
+            let agent = dir.join("cloudrun-agent");
+            assert!(agent.exists(), "{} is missing after the build", agent.display());
+            agent
+        })
+        .clone()
+    }
+}

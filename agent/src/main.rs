@@ -152,6 +152,18 @@ const AGENT_WORKER_THREADS: usize = 2;
 const AGENT_MAX_BLOCKING_THREADS: usize = 8;
 
 fn main() {
+    // The job shim runs before anything else exists: no logging, no runtime, no console.
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(cloudrun_agent::shim::SHIM_SUBCOMMAND) {
+        let code = match cloudrun_agent::shim::ShimArgs::parse(&raw[2..]) {
+            Ok(a) => cloudrun_agent::shim::run(&a),
+            Err(e) => {
+                eprintln!("cloudrun-agent {e}");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let args = Args::parse();
     let console = if args.no_console || args.command.is_some() {
         None

@@ -1,19 +1,23 @@
-//! The job's process: spawned in its own process group, as `VM_USER` (supplementary
-//! groups, gid, then uid, set in the child), with stdout and stderr piped; signalled as a
-//! group (SIGTERM, a grace period, SIGKILL); its exit recorded.
+//! The job's process: started through the job shim ([`crate::shim`]) as the leader of its
+//! own process group, as `VM_USER` (supplementary groups, gid, then uid, set by the shim
+//! in the job), with stdout and stderr going to files the agent tails (never pipes: the
+//! job must outlive a crashed agent); signalled as a group (SIGTERM, a grace period,
+//! SIGKILL); its exit read from the shim's exit file.
 //!
-//! A job is either [`Job::Owned`] (this agent spawned it and can `wait` for its status) or
+//! A job is either [`Job::Owned`] (this agent spawned the shim and can `wait` for it) or
 //! [`Job::Adopted`] (a previous agent process spawned it and this one found it still
-//! running after a restart: it can be watched and signalled, but its exit code is lost).
-//! Only the supervisor task holds a `Job`; nothing else signals the job.
+//! running after a restart: it is watched by pid and start time, and its exit code is read
+//! from the exit file once the shim is gone). Only the supervisor task holds a `Job`;
+//! nothing else signals the job.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::process::Child;
 
+use crate::shim::{self, ShimArgs, ShimUser, SHIM_SUBCOMMAND};
 use crate::user::RunAs;
 
 /// How often an adopted job (not our child, so no `wait`) is checked for life.
@@ -29,7 +33,19 @@ pub struct JobCommand {
     pub run_as: Option<RunAs>,
 }
 
-/// How a job ended. Both `None` for an adopted job, whose status only its parent saw.
+/// Where the job's output and exit go, and the shim that holds it.
+#[derive(Debug)]
+pub struct JobIo {
+    /// The `cloudrun-agent` executable (run as `cloudrun-agent job-shim …`).
+    pub shim: PathBuf,
+    /// Where the shim records the job's exit (removed before the start).
+    pub exit_file: PathBuf,
+    /// The job's stdout and stderr: files opened for appending.
+    pub stdout: std::fs::File,
+    pub stderr: std::fs::File,
+}
+
+/// How a job ended. Both `None` when nobody could see it (the shim was killed too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JobExit {
     pub code: Option<i32>,
@@ -65,99 +81,101 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// The job's process.
+/// The job's process (the shim that leads its group, and the job under it).
 #[derive(Debug)]
 pub enum Job {
     Owned {
         child: Child,
         pid: i32,
+        exit_file: PathBuf,
         exit: Option<JobExit>,
+        killed: bool,
     },
     Adopted {
         pid: i32,
         start_ticks: u64,
-        exited: bool,
+        exit_file: PathBuf,
+        exit: Option<JobExit>,
+        killed: bool,
     },
 }
 
-/// A freshly spawned job and its output pipes.
-#[derive(Debug)]
-pub struct Spawned {
-    pub job: Job,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
-}
-
-/// Start `cmd` in a new process group.
-pub fn spawn(cmd: &JobCommand) -> Result<Spawned, SpawnError> {
+/// Start `cmd` through the shim, in a new process group, its output to `io`'s files.
+pub fn spawn(cmd: &JobCommand, io: JobIo) -> Result<Job, SpawnError> {
     let program = cmd.argv.first().cloned().unwrap_or_default();
     let err = |source| SpawnError {
         program: program.clone(),
         cwd: cmd.cwd.display().to_string(),
         source,
     };
-    let mut c = tokio::process::Command::new(&program);
-    c.args(&cmd.argv[1.min(cmd.argv.len())..])
+    if cmd.argv.is_empty() {
+        return Err(err(std::io::Error::other("the command is empty")));
+    }
+    match std::fs::remove_file(&io.exit_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let args = ShimArgs {
+        exit_file: io.exit_file.clone(),
+        user: cmd.run_as.as_ref().map(|u| ShimUser {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            groups: u.groups.iter().map(|g| g.as_raw()).collect(),
+        }),
+        argv: cmd.argv.clone(),
+    };
+    let mut c = tokio::process::Command::new(&io.shim);
+    c.arg(SHIM_SUBCOMMAND)
+        .args(args.to_args())
         .current_dir(&cmd.cwd)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(io.stdout)
+        .stderr(io.stderr)
         .process_group(0)
-        // A safety net only: the supervisor signals the whole group itself.
-        .kill_on_drop(true);
+        // Never killed with this agent: a restarted agent adopts it.
+        .kill_on_drop(false);
     if let Some(u) = &cmd.run_as {
         c.env("HOME", &u.home)
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
-        switch_user_in_child(&mut c, u);
     }
     for (k, v) in &cmd.env {
         c.env(k, v);
     }
-    let mut child = c.spawn().map_err(err)?;
+    let child = c.spawn().map_err(err)?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(err(std::io::Error::other("no stdout/stderr pipe")));
-    };
-    Ok(Spawned {
-        job: Job::Owned {
-            child,
-            pid,
-            exit: None,
-        },
-        stdout,
-        stderr,
+    Ok(Job::Owned {
+        child,
+        pid,
+        exit_file: io.exit_file,
+        exit: None,
+        killed: false,
     })
 }
 
-/// Drop to `u` in the child between fork and exec: supplementary groups, then gid, then
-/// uid (the order that leaves no way back to root). std's own `uid()` would clear the
-/// supplementary groups after our `setgroups`, so all three happen here.
-#[allow(unsafe_code)]
-fn switch_user_in_child(c: &mut tokio::process::Command, u: &RunAs) {
-    let groups = u.groups.clone();
-    let (uid, gid) = (u.uid, u.gid);
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe work is allowed. It makes three system calls (setgroups, setgid,
-    // setuid) on values computed in the parent and moved in; it allocates nothing, takes
-    // no lock and does no NSS lookup (the group list came from getgrouplist in the parent).
-    unsafe {
-        c.pre_exec(move || {
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(gid)?;
-            nix::unistd::setuid(uid)?;
-            Ok(())
-        });
+/// The job's exit as the shim recorded it in `exit_file`, if it did.
+pub fn recorded_exit(exit_file: &Path) -> Option<JobExit> {
+    let rec = shim::read_exit(exit_file)?;
+    if let Some(e) = &rec.spawn_error {
+        tracing::warn!("{e}");
     }
+    Some(JobExit {
+        code: rec.code,
+        signal: rec.signal,
+    })
 }
 
 impl Job {
-    /// A job found running after an agent restart.
-    pub fn adopt(pid: i32, start_ticks: u64) -> Self {
+    /// A job found running after an agent restart: its shim's pid and start time, and
+    /// where the shim will record the exit.
+    pub fn adopt(pid: i32, start_ticks: u64, exit_file: PathBuf) -> Self {
         Job::Adopted {
             pid,
             start_ticks,
-            exited: false,
+            exit_file,
+            exit: None,
+            killed: false,
         }
     }
 
@@ -168,14 +186,22 @@ impl Job {
         }
     }
 
-    /// Wait for the job to end. Cancel-safe: dropping the future loses nothing.
+    /// Wait for the job to end: the exit the shim recorded, else what the agent knows
+    /// (the shim's own status; "killed by SIGKILL" when this agent sent one). Cancel-safe:
+    /// dropping the future loses nothing.
     pub async fn wait(&mut self) -> JobExit {
         match self {
-            Job::Owned { child, exit, .. } => {
+            Job::Owned {
+                child,
+                exit,
+                exit_file,
+                killed,
+                ..
+            } => {
                 if let Some(e) = exit {
                     return *e;
                 }
-                let e = match child.wait().await {
+                let shim_status = match child.wait().await {
                     Ok(st) => {
                         use std::os::unix::process::ExitStatusExt;
                         JobExit {
@@ -188,23 +214,47 @@ impl Job {
                         JobExit::default()
                     }
                 };
+                let e = recorded_exit(exit_file).unwrap_or(if *killed {
+                    JobExit {
+                        code: None,
+                        signal: Some(Signal::SIGKILL as i32),
+                    }
+                } else {
+                    shim_status
+                });
                 *exit = Some(e);
                 e
             }
             Job::Adopted {
                 pid,
                 start_ticks,
-                exited,
+                exit,
+                exit_file,
+                killed,
             } => {
-                while !*exited {
-                    if !is_same_process_alive(*pid, *start_ticks) {
-                        *exited = true;
-                        break;
-                    }
+                if let Some(e) = exit {
+                    return *e;
+                }
+                while is_same_process_alive(*pid, *start_ticks) {
                     tokio::time::sleep(Duration::from_millis(ADOPTED_POLL_MILLIS)).await;
                 }
-                JobExit::default()
+                let e = recorded_exit(exit_file).unwrap_or(if *killed {
+                    JobExit {
+                        code: None,
+                        signal: Some(Signal::SIGKILL as i32),
+                    }
+                } else {
+                    JobExit::default()
+                });
+                *exit = Some(e);
+                e
             }
+        }
+    }
+
+    fn mark_killed(&mut self) {
+        match self {
+            Job::Owned { killed, .. } | Job::Adopted { killed, .. } => *killed = true,
         }
     }
 
@@ -224,8 +274,7 @@ impl Job {
     /// group (also after a timely exit, for stragglers the job left in its group).
     pub async fn terminate(&mut self, grace: Duration) -> JobExit {
         let done = match self {
-            Job::Owned { exit, .. } => exit.is_some(),
-            Job::Adopted { exited, .. } => *exited,
+            Job::Owned { exit, .. } | Job::Adopted { exit, .. } => exit.is_some(),
         };
         if !done {
             tracing::info!("sending SIGTERM to the job (process group {})", self.pid());
@@ -235,6 +284,7 @@ impl Job {
             Ok(e) => e,
             Err(_) => {
                 tracing::warn!("the job did not exit within {grace:?} of SIGTERM: sending SIGKILL");
+                self.mark_killed();
                 self.signal_group(Signal::SIGKILL);
                 self.wait().await
             }
@@ -250,6 +300,29 @@ pub use cloudrun::procfs::{boot_id, is_same_process_alive, proc_start_ticks};
 mod tests {
     use super::*;
 
+    /// The shim's files for one test: exit record and output in a temp dir.
+    fn io(d: &tempfile::TempDir) -> JobIo {
+        let open = |n: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.path().join(n))
+                .unwrap()
+        };
+        JobIo {
+            shim: crate::test_shim::path(),
+            exit_file: d.path().join("exit.json"),
+            stdout: open("stdout"),
+            stderr: open("stderr"),
+        }
+    }
+
+    fn start(script: &str) -> (Job, tempfile::TempDir) {
+        let d = tempfile::tempdir().unwrap();
+        let job = spawn(&sh(script), io(&d)).unwrap();
+        (job, d)
+    }
+
     fn sh(script: &str) -> JobCommand {
         JobCommand {
             argv: vec!["sh".into(), "-c".into(), script.into()],
@@ -261,15 +334,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_runs_in_its_own_process_group_and_reports_its_exit_code() {
-        let mut s = spawn(&sh("test \"$CLOUDRUN_TEST\" = yes && exit 3")).unwrap();
-        let pid = s.job.pid();
+        let (mut job, d) = start("test \"$CLOUDRUN_TEST\" = yes && echo out && echo err >&2 && exit 3");
+        let pid = job.pid();
         assert_eq!(
             nix::unistd::getpgid(Some(Pid::from_raw(pid)))
                 .unwrap()
                 .as_raw(),
             pid
         );
-        let e = s.job.wait().await;
+        let e = job.wait().await;
         assert_eq!(
             e,
             JobExit {
@@ -278,21 +351,48 @@ mod tests {
             }
         );
         assert_eq!(e.describe(), "exit code 3");
+        assert_eq!(std::fs::read_to_string(d.path().join("stdout")).unwrap(), "out\n");
+        assert_eq!(std::fs::read_to_string(d.path().join("stderr")).unwrap(), "err\n");
+    }
+
+    #[tokio::test]
+    async fn the_job_outlives_its_agent_and_an_adopter_learns_its_real_exit() {
+        // The agent's handle is dropped (as when the agent dies): the job keeps printing
+        // to its file, and a new handle reads the exit the shim recorded.
+        let (job, d) = start("for i in 1 2 3 4; do echo step $i; sleep 0.2; done; exit 5");
+        let pid = job.pid();
+        let ticks = proc_start_ticks(pid).unwrap();
+        drop(job);
+        let mut adopted = Job::adopt(pid, ticks, d.path().join("exit.json"));
+        let e = adopted.wait().await;
+        assert_eq!(e, JobExit { code: Some(5), signal: None });
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("stdout")).unwrap(),
+            "step 1\nstep 2\nstep 3\nstep 4\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_killed_by_a_signal_is_told_from_one_that_exits_with_its_number() {
+        let (mut job, _d) = start("kill -INT $$");
+        assert_eq!(job.wait().await, JobExit { code: None, signal: Some(2) });
+        let (mut job, _d) = start("exit 130");
+        assert_eq!(job.wait().await, JobExit { code: Some(130), signal: None });
     }
 
     #[tokio::test]
     async fn terminate_kills_the_whole_group_after_the_grace_period() {
         // The shell ignores SIGTERM and so does its background child: only SIGKILL ends them.
-        let mut s = spawn(&sh("trap '' TERM; sleep 60 & trap '' TERM; wait")).unwrap();
+        let (mut job, _d) = start("trap '' TERM; sleep 60 & trap '' TERM; wait");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t0 = std::time::Instant::now();
-        let e = s.job.terminate(Duration::from_millis(500)).await;
+        let e = job.terminate(Duration::from_millis(500)).await;
         assert!(t0.elapsed() >= Duration::from_millis(500));
         assert_eq!(e.signal, Some(9), "{e:?}");
         // Killed members may linger as zombies until init reaps them; none may still run.
         let mut live = vec![];
         for _ in 0..20 {
-            live = running_in_group(s.job.pid());
+            live = running_in_group(job.pid());
             if live.is_empty() {
                 break;
             }
@@ -321,39 +421,48 @@ mod tests {
 
     #[tokio::test]
     async fn sigterm_within_the_grace_period_is_enough() {
-        let mut s = spawn(&sh("sleep 60")).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let e = s.job.terminate(Duration::from_secs(10)).await;
+        let (mut job, _d) = start("sleep 60");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let e = job.terminate(Duration::from_secs(10)).await;
         assert_eq!(e.signal, Some(15), "{e:?}");
         assert!(e.describe().contains("SIGTERM"), "{}", e.describe());
     }
 
     #[tokio::test]
     async fn an_adopted_job_is_watched_by_pid_and_start_time() {
-        let mut s = spawn(&sh("sleep 0.5")).unwrap();
-        let pid = s.job.pid();
+        let (mut job, d) = start("sleep 0.5");
+        let pid = job.pid();
         let ticks = proc_start_ticks(pid).unwrap();
         assert!(is_same_process_alive(pid, ticks));
         assert!(
             !is_same_process_alive(pid, ticks + 1),
             "a reused pid is not our job"
         );
-        let mut adopted = Job::adopt(pid, ticks);
-        let (_, e) = tokio::join!(s.job.wait(), adopted.wait());
-        assert_eq!(e, JobExit::default());
+        let mut adopted = Job::adopt(pid, ticks, d.path().join("exit.json"));
+        let (_, e) = tokio::join!(job.wait(), adopted.wait());
+        assert_eq!(e, JobExit { code: Some(0), signal: None });
         assert!(!is_same_process_alive(pid, ticks));
         assert!(!boot_id().is_empty());
     }
 
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error_naming_it() {
-        let err = spawn(&JobCommand {
-            argv: vec!["/nonexistent/python3".into()],
-            ..sh("")
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("/nonexistent/python3"), "{err}");
+        let d = tempfile::tempdir().unwrap();
+        let mut io = io(&d);
+        io.shim = "/nonexistent/cloudrun-agent".into();
+        let err = spawn(&sh(""), io).unwrap_err().to_string();
+        assert!(err.contains("could not start"), "{err}");
+        let mut job = spawn(
+            &JobCommand {
+                argv: vec!["/nonexistent/python3".into()],
+                ..sh("")
+            },
+            self::io(&d),
+        )
+        .unwrap();
+        assert_eq!(job.wait().await.code, Some(crate::shim::SPAWN_FAILED_EXIT_CODE));
+        let said = std::fs::read_to_string(d.path().join("stderr")).unwrap();
+        assert!(said.contains("/nonexistent/python3"), "{said}");
     }
 
     #[tokio::test]
@@ -375,15 +484,18 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .unwrap();
-        let mut s = spawn(&JobCommand {
-            run_as: Some(u.clone()),
-            ..sh(&format!(
-                "id -u > {0}; id -g >> {0}; echo $HOME >> {0}",
-                out.display()
-            ))
-        })
+        let mut job = spawn(
+            &JobCommand {
+                run_as: Some(u.clone()),
+                ..sh(&format!(
+                    "id -u > {0}; id -g >> {0}; echo $HOME >> {0}",
+                    out.display()
+                ))
+            },
+            io(&d),
+        )
         .unwrap();
-        assert!(s.job.wait().await.success());
+        assert!(job.wait().await.success());
         let text = std::fs::read_to_string(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], u.uid.to_string());

@@ -300,6 +300,7 @@ impl Rig {
             useradd: "/bin/false".into(),
             sinks: LogSinks::default(),
             handle_sigterm: false,
+            job_shim: crate::test_shim::path(),
         };
         run_agent(spec, settings, deps).await.unwrap()
     }
@@ -314,20 +315,33 @@ impl Rig {
         RunStatus::from_json(&String::from_utf8_lossy(&b)).unwrap()
     }
 
+    /// The shipped log as people read it: agent lines behind their prefix.
     async fn log_text(&self) -> String {
-        let run = cloudrun::RunId::parse("20261126-071500-ab12").unwrap();
         let mut t = String::new();
+        for l in self.log_lines().await {
+            if l.stream == Some(cloudrun::joblog::Stream::Agent) {
+                t.push_str("[cloudrun-agent] ");
+            }
+            t.push_str(&l.text);
+            t.push('\n');
+        }
+        t
+    }
+
+    /// Every shipped line with its stream.
+    async fn log_lines(&self) -> Vec<cloudrun::joblog::Line> {
+        let run = cloudrun::RunId::parse("20261126-071500-ab12").unwrap();
+        let mut lines = vec![];
         for o in self
             .storage
             .list(&self.layout.logs_prefix(&run))
             .await
             .unwrap()
         {
-            t.push_str(&String::from_utf8_lossy(
-                &self.storage.get_bytes(&o.key).await.unwrap(),
-            ));
+            let b = self.storage.get_bytes(&o.key).await.unwrap();
+            lines.extend(cloudrun::joblog::decode_chunk(&b));
         }
-        t
+        lines
     }
 
     /// Exactly one delete, after the final status (phase ended, with a receipt) was in
@@ -764,6 +778,68 @@ async fn a_restart_after_the_job_vanished_ends_as_lost() {
 }
 
 #[tokio::test]
+async fn a_restart_while_a_shim_held_job_runs_adopts_it_ships_its_output_and_its_exit_code() {
+    let rig = Rig::new();
+    let (out, err) = crate::logs::output_paths(rig.state.path());
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    };
+    // Started by "the previous agent": through the shim, output to the run's files.
+    let job = crate::process::spawn(
+        &crate::process::JobCommand {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo before; echo warn >&2; sleep 2; echo after; exit 4".into(),
+            ],
+            cwd: rig.work.path().to_path_buf(),
+            env: vec![],
+            run_as: None,
+        },
+        crate::process::JobIo {
+            shim: crate::test_shim::path(),
+            exit_file: rig.state.path().join(crate::agent::JOB_EXIT_FILE_NAME),
+            stdout: open(&out),
+            stderr: open(&err),
+        },
+    )
+    .unwrap();
+    let pid = job.pid();
+    let ticks = crate::process::proc_start_ticks(pid).unwrap();
+    drop(job);
+    write_state(
+        &rig,
+        Stage::Running {
+            pid,
+            start_ticks: ticks,
+            job_started_at: chrono::Utc::now(),
+        },
+    );
+    let o = rig.run(rig.spec("touch ran")).await;
+    assert_eq!(o.end.reason, EndReason::Failed, "{:?}", o.end);
+    assert_eq!((o.end.exit_code, o.end.signal), (Some(4), None));
+    assert!(!rig.work.path().join("ran").exists());
+    use cloudrun::joblog::Stream;
+    let lines = rig.log_lines().await;
+    let of = |s: Stream| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.stream == Some(s))
+            .map(|l| l.text.clone())
+            .collect()
+    };
+    // Each stream in its order (the two files are read side by side).
+    assert_eq!(of(Stream::Stdout), ["before", "after"]);
+    assert_eq!(of(Stream::Stderr), ["warn"]);
+    rig.assert_deleted_once_after_final_sync();
+}
+
+#[tokio::test]
 async fn a_restart_while_the_job_runs_adopts_it_until_it_exits() {
     let rig = Rig::new();
     let mut child = std::process::Command::new("sh")
@@ -788,7 +864,7 @@ async fn a_restart_while_the_job_runs_adopts_it_until_it_exits() {
         "waited for the adopted job"
     );
     assert_eq!(out.end.reason, EndReason::Lost);
-    assert!(out.end.message.contains("exit code"), "{}", out.end.message);
+    assert!(out.end.message.contains("not recorded"), "{}", out.end.message);
     assert!(!rig.work.path().join("ran").exists());
     assert!(rig
         .status()

@@ -5,6 +5,12 @@
 //! The real implementations call `cloudrun::sync` and own nothing else: the per-directory
 //! [`MirrorState`] is persisted in the state dir after every pass, so an agent restart does
 //! not upload every checkpoint again. Outputs are never deleted remotely.
+//!
+//! Outputs are the regular files inside the work tree. An output folder that is a symlink,
+//! or that is reached through one (`out/model` with `out` a link), is not mirrored at all,
+//! and symlinks inside an output folder are not followed: the agent runs as root, and a
+//! job that links `model` to `/etc/ssh` must not get it to publish the VM's files. Each
+//! skip is reported once, with its reason, in the agent's log and the job's log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +35,8 @@ pub struct OutputPass {
     pub complete: bool,
     /// What kept the pass from being complete, for the status.
     pub problems: Vec<String>,
+    /// Entries not mirrored and why (symlinks, special files), each said once per run.
+    pub skipped: Vec<String>,
 }
 
 /// Mirrors the output dirs.
@@ -88,6 +96,10 @@ impl CodeSource for ManifestCode {
 /// One output dir: where it is locally and where it goes.
 #[derive(Debug, Clone)]
 struct OutputDir {
+    /// The output folder's name under the job's directory (`checkpoint`, `out/model`).
+    name: String,
+    /// The job's directory; nothing between it and `local` may be a symlink.
+    root: PathBuf,
     local: PathBuf,
     prefix: String,
     state_file: PathBuf,
@@ -100,6 +112,8 @@ pub struct MirroredOutputs {
     dirs: Vec<OutputDir>,
     /// One state per dir; the lock also keeps two passes from running at once.
     states: Mutex<Vec<MirrorState>>,
+    /// Skips already reported (said once, not on every pass).
+    reported: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl MirroredOutputs {
@@ -116,6 +130,8 @@ impl MirroredOutputs {
         let dirs: Vec<OutputDir> = names
             .iter()
             .map(|n| OutputDir {
+                name: n.clone(),
+                root: workdir.to_path_buf(),
                 local: workdir.join(n),
                 prefix: format!("{}{}/", layout.outputs_prefix(run), n),
                 state_file: state_dir.join(format!("mirror-{}.json", n.replace('/', "_"))),
@@ -134,6 +150,7 @@ impl MirroredOutputs {
             storage,
             dirs,
             states: Mutex::new(states),
+            reported: Mutex::new(Default::default()),
         }
     }
 }
@@ -146,7 +163,15 @@ impl Outputs for MirroredOutputs {
             complete: true,
             ..OutputPass::default()
         };
+        let mut skipped = Vec::new();
         for (d, state) in self.dirs.iter().zip(states.iter_mut()) {
+            if let Some(why) = linked_on_the_way(&d.root, &d.name) {
+                skipped.push(format!(
+                    "output folder {}: {why}; it is not mirrored (outputs are the regular files inside the work tree)",
+                    d.name
+                ));
+                continue;
+            }
             match sync::mirror_dir(
                 self.storage.clone(),
                 &d.local,
@@ -157,6 +182,9 @@ impl Outputs for MirroredOutputs {
             .await
             {
                 Ok(r) => {
+                    for rel in &r.skipped {
+                        skipped.push(skip_reason(&d.name, &d.local, rel));
+                    }
                     pass.uploaded += r.uploaded.len();
                     pass.bytes += r.bytes_uploaded;
                     pass.changed |= !r.uploaded.is_empty() || !r.deferred_unstable.is_empty();
@@ -179,8 +207,61 @@ impl Outputs for MirroredOutputs {
                 tracing::warn!("could not save {}: {e}", d.state_file.display());
             }
         }
+        let mut reported = self.reported.lock().await;
+        pass.skipped = skipped
+            .into_iter()
+            .filter(|m| reported.insert(m.clone()))
+            .collect();
         pass
     }
+}
+
+/// Why `root/name` is not a real folder inside `root`: a symlink on the way (or the
+/// folder itself), or something that is not a folder. `None` when it is one or is
+/// missing (a folder the job has not made yet has nothing to mirror).
+fn linked_on_the_way(root: &Path, name: &str) -> Option<String> {
+    let mut p = root.to_path_buf();
+    for part in name.split('/') {
+        p.push(part);
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => return None,
+            Ok(st) if st.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let what = if p.ends_with(name) {
+                    "is a symlink".to_string()
+                } else {
+                    format!("is reached through {}, a symlink", p.display())
+                };
+                return Some(format!("{what} to {target}, which is not followed"));
+            }
+            Ok(st) if !st.is_dir() => {
+                return Some(format!("{} is not a folder", p.display()));
+            }
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// The reason an entry `rel` of output folder `name` (at `local`) was not mirrored.
+fn skip_reason(name: &str, local: &Path, rel: &str) -> String {
+    let path = local.join(rel);
+    let why = match std::fs::symlink_metadata(&path) {
+        Ok(st) if st.file_type().is_symlink() => {
+            let target = std::fs::read_link(&path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("a symlink to {target}, not followed (only regular files are outputs)")
+        }
+        Ok(st) if !st.is_file() && !st.is_dir() => {
+            "not a regular file (a fifo, socket or device)".to_string()
+        }
+        Ok(_) => "a folder on its path turned into a symlink while it was being sent, or its name is not a plain UTF-8 path".to_string(),
+        Err(_) => "gone, or reached through a symlink".to_string(),
+    };
+    format!("not mirrored: {name}/{rel}: {why}")
 }
 
 /// Write `value` as JSON to `path` atomically (temporary file, fsync, rename).
@@ -273,5 +354,57 @@ mod tests {
         // A new agent process reads the saved state and does not upload again.
         let o2 = MirroredOutputs::new(storage, &layout, &run, work.path(), &names, state.path());
         assert_eq!(o2.sync().await.uploaded, 0);
+    }
+
+    #[tokio::test]
+    async fn symlinked_output_folders_are_not_followed_and_each_skip_is_said_once() {
+        let store = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("ssh_config"), b"Host *").unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(store.path()));
+        let layout = Layout::new("p");
+        let run = RunId::parse("20261126-071500-ab12").unwrap();
+        let w = work.path();
+        std::os::unix::fs::symlink(outside.path(), w.join("model")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), w.join("out")).unwrap();
+        std::fs::create_dir_all(w.join("checkpoint")).unwrap();
+        std::fs::write(w.join("checkpoint/step-1.pt"), b"weights").unwrap();
+        std::os::unix::fs::symlink(outside.path(), w.join("checkpoint/etc")).unwrap();
+        let names = vec![
+            "checkpoint".to_string(),
+            "model".to_string(),
+            "out/sub".to_string(),
+        ];
+        std::fs::create_dir_all(outside.path().join("sub")).unwrap();
+        std::fs::write(outside.path().join("sub/key"), b"secret").unwrap();
+        let o = MirroredOutputs::new(storage.clone(), &layout, &run, w, &names, state.path());
+        let p = o.sync().await;
+        assert_eq!(p.uploaded, 1, "{p:?}");
+        let keys: Vec<String> = storage
+            .list(&layout.outputs_prefix(&run))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [format!("{}checkpoint/step-1.pt", layout.outputs_prefix(&run))]
+        );
+        let said = p.skipped.join("\n");
+        assert_eq!(p.skipped.len(), 3, "{said}");
+        assert!(
+            said.contains("output folder model: is a symlink to")
+                && said.contains(&outside.path().display().to_string()),
+            "{said}"
+        );
+        assert!(said.contains("output folder out/sub: is reached through"), "{said}");
+        assert!(
+            said.contains("checkpoint/etc: a symlink to") && said.contains("not followed"),
+            "{said}"
+        );
+        assert!(o.sync().await.skipped.is_empty(), "said once, not every pass");
     }
 }

@@ -15,7 +15,10 @@
 //! SHA-256 is adopted instead of sent again. Files deleted locally are **not** deleted
 //! remotely: checkpoints are precious, and a training script that rotates its checkpoints
 //! should not be able to erase the only copy. Symlinks and special files are not mirrored
-//! (listed in [`MirrorReport::skipped`]).
+//! (listed in [`MirrorReport::skipped`]), and no symlink is followed: not the directory
+//! itself (a `model` that links to `/etc/ssh` mirrors nothing), not a link to a folder
+//! inside it, and not a folder swapped for a link between the walk and the upload (each
+//! file's path is checked for links again just before it is read and before it is sent).
 //!
 //! **Pull** downloads the objects under a prefix whose local copy is missing or differs
 //! (size, then SHA-256 metadata or CRC32C), each atomically through
@@ -75,7 +78,8 @@ pub struct MirrorReport {
     /// Files whose stored CRC32C did not match (they make `verified` false; not recorded,
     /// so the next pass sends them again).
     pub unverified: Vec<String>,
-    /// Symlinks, special files and names that are not UTF-8: not mirrored.
+    /// Symlinks, special files and names that are not UTF-8: not mirrored, sorted. `.`
+    /// when the directory itself is a symlink (nothing under it is mirrored).
     pub skipped: Vec<String>,
 }
 
@@ -110,6 +114,8 @@ enum Outcome {
     Adopted(String, MirroredFile),
     Deferred(String),
     Unverified(String),
+    /// A folder on the file's path became a symlink after the walk: not read, not sent.
+    Skipped(String),
     Vanished,
 }
 
@@ -197,10 +203,15 @@ pub async fn mirror_dir(
                 report.verified = false;
                 report.unverified.push(rel);
             }
+            Outcome::Skipped(rel) => {
+                state.files.remove(&rel);
+                report.skipped.push(rel);
+            }
             Outcome::Vanished => {}
         }
     }
     report.uploaded.sort();
+    report.skipped.sort();
     report.deferred_unstable.sort();
     report.unverified.sort();
     Ok(report)
@@ -223,18 +234,22 @@ async fn mirror_one(
     remote: Option<&ObjectMeta>,
     known: Option<&MirroredFile>,
 ) -> Result<Outcome, SyncError> {
-    let abs = f.abs.clone();
+    let (abs, rel) = (f.abs.clone(), f.rel.clone());
     let hashed = blocking(move || {
+        if !no_symlink_on_the_way(&abs, &rel) {
+            return Ok(Some(None));
+        }
         let Some(before) = stat_now(&abs)? else {
             return Ok(None);
         };
         let d = digest_file(&abs)?;
         let after = stat_now(&abs)?;
-        Ok(Some((before, d, after)))
+        Ok(Some(Some((before, d, after))))
     })
     .await;
     let (before, d, after) = match hashed {
-        Ok(Some(x)) => x,
+        Ok(Some(Some(x))) => x,
+        Ok(Some(None)) => return Ok(Outcome::Skipped(f.rel)),
         Ok(None) => return Ok(Outcome::Vanished),
         Err(SyncError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Outcome::Vanished)
@@ -269,6 +284,10 @@ async fn mirror_one(
         .insert(META_SHA256.to_string(), d.sha256.clone());
     // GCS is told the CRC32C just computed, so a file rewritten mid-upload is refused.
     opts.crc32c = Some(d.crc32c);
+    let (abs, rel) = (f.abs.clone(), f.rel.clone());
+    if !blocking(move || Ok(no_symlink_on_the_way(&abs, &rel))).await? {
+        return Ok(Outcome::Skipped(f.rel));
+    }
     let meta = match storage.put_file(&key, &f.abs, &opts).await {
         Ok(m) => m,
         Err(StorageError::Integrity { .. }) => {
@@ -303,13 +322,38 @@ async fn mirror_one(
     Ok(Outcome::Uploaded(f.rel, rec))
 }
 
+/// Whether `abs` (which ends in the relative path `rel`) reaches its file through real
+/// folders only: none of the folders `rel` names on the way is a symlink (or gone), and
+/// the file itself is not one.
+fn no_symlink_on_the_way(abs: &Path, rel: &str) -> bool {
+    let mut p = abs.to_path_buf();
+    // The file, each folder of `rel`, and the mirrored directory itself.
+    for _ in 0..=rel.split('/').count() {
+        match std::fs::symlink_metadata(&p) {
+            Ok(st) if !st.file_type().is_symlink() => {}
+            _ => return false,
+        }
+        if !p.pop() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Every regular file under `dir` (no ignore rules: checkpoints are not code), and what
-/// was skipped. A missing `dir` has no files.
+/// was skipped. A missing `dir` has no files; a `dir` that is itself a symlink is not
+/// followed (its one skipped entry is `.`).
 fn walk_plain(dir: &Path) -> Result<(Vec<Local>, Vec<String>), SyncError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
-    if !dir.exists() {
-        return Ok((files, skipped));
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((files, skipped)),
+        Err(e) => return Err(SyncError::io(dir, e)),
+        Ok(st) if st.file_type().is_symlink() => {
+            skipped.push(".".to_string());
+            return Ok((files, skipped));
+        }
+        Ok(_) => {}
     }
     let walker = ignore::WalkBuilder::new(dir)
         .standard_filters(false)
@@ -673,6 +717,48 @@ mod tests {
             .unwrap();
         assert_eq!(r.uploaded, ["real.pt"]);
         assert_eq!(r.skipped, ["latest.pt", "loop"]);
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_directory_is_not_followed_at_the_root_or_inside() {
+        let (d, store, ckpt) = setup();
+        let secrets = d.path().join("etc-ssh");
+        write(&secrets, "ssh_config", b"Host *");
+        write(&ckpt, "real/step.pt", b"s");
+        std::os::unix::fs::symlink(ckpt.join("real"), ckpt.join("alias")).unwrap();
+        let r = mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(r.uploaded, ["real/step.pt"]);
+        assert_eq!(r.skipped, ["alias"]);
+
+        let model = d.path().join("model");
+        std::os::unix::fs::symlink(&secrets, &model).unwrap();
+        let r = mirror_dir(store.clone(), &model, "p/model/", &mut MirrorState::default(), 1)
+            .await
+            .unwrap();
+        assert!(r.uploaded.is_empty(), "{r:?}");
+        assert_eq!(r.skipped, ["."]);
+        assert!(store.list("p/model/").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_after_the_walk_is_caught() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ckpt");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.pt"), b"a").unwrap();
+        assert!(no_symlink_on_the_way(&root.join("sub/a.pt"), "sub/a.pt"));
+        std::fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        std::fs::write(d.path().join("elsewhere/a.pt"), b"secret").unwrap();
+        std::fs::rename(root.join("sub"), d.path().join("old-sub")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), root.join("sub")).unwrap();
+        assert!(!no_symlink_on_the_way(&root.join("sub/a.pt"), "sub/a.pt"));
+        let linked_root = d.path().join("linked");
+        std::os::unix::fs::symlink(&root, &linked_root).unwrap();
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::write(root.join("real/b.pt"), b"b").unwrap();
+        assert!(!no_symlink_on_the_way(&linked_root.join("real/b.pt"), "real/b.pt"));
     }
 
     #[tokio::test]
