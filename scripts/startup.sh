@@ -127,6 +127,10 @@ use_systemd() {
   esac
 }
 
+# KillMode=process: when the agent dies, systemd restarts it without killing the rest of
+# the unit's cgroup, so the training job (held by the agent's job shim, writing to files)
+# keeps running and the new agent adopts it. The agent ends the job itself at teardown;
+# a power-off ends everything anyway.
 start_systemd() {
   local unit env_lines="" v
   for v in GCE_METADATA_HOST CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE STORAGE_EMULATOR_HOST; do
@@ -141,6 +145,7 @@ After=network-online.target
 ExecStart=${BIN} ${AGENT_ARGS[*]}
 Restart=always
 RestartSec=5
+KillMode=process
 StandardOutput=journal+console
 StandardError=journal+console
 ${env_lines}

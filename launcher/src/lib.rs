@@ -17,6 +17,7 @@ pub mod failover;
 pub mod gpu;
 pub mod launch;
 pub mod local;
+pub mod logview;
 pub mod plan;
 pub mod push;
 pub mod report;
@@ -147,6 +148,8 @@ pub struct Context<'a> {
     pub tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
     /// Whether stderr is a terminal (progress bars).
     pub progress: bool,
+    /// Whether stdout is a terminal: `logs` filters the job's control sequences.
+    pub terminal: bool,
 }
 
 impl Context<'_> {
@@ -347,6 +350,9 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Logs { run, follow }) => {
             let store = open_store(&settings, ctx).await?;
+            let view = logview::LogView {
+                terminal: ctx.terminal,
+            };
             let id = store.resolve(run, &settings.project_dir).await?;
             let poll = Duration::from_secs(runs::LOG_POLL_SECS);
             let record = settings
@@ -356,9 +362,9 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             let end = match (&record, *follow) {
                 (Some(r), true) => {
                     let alive = || r.alive();
-                    runs::follow_logs(&store, &id, poll, Some(&alive), out).await?
+                    runs::follow_logs(&store, &id, poll, Some(&alive), view, out).await?
                 }
-                _ => runs::logs(&store, &id, *follow, poll, out).await?,
+                _ => runs::logs(&store, &id, *follow, poll, view, out).await?,
             };
             Ok(end
                 .and_then(|s| s.end)
@@ -500,6 +506,7 @@ async fn follow_run(
     id: &cloudrun::RunId,
     alive: Option<runs::AliveCheck<'_>>,
     local: bool,
+    view: logview::LogView,
     out: &mut (dyn Write + Send),
 ) -> Result<(i32, Option<cloudrun::status::RunStatus>), Error> {
     let end = runs::follow_logs(
@@ -507,6 +514,7 @@ async fn follow_run(
         id,
         Duration::from_secs(runs::LOG_POLL_SECS),
         alive,
+        view,
         out,
     )
     .await?;
@@ -639,7 +647,10 @@ async fn launch_local(
         layout: plan.layout.clone(),
     };
     let alive = || record.alive();
-    let (code, _) = follow_run(&store, id, Some(&alive), true, out).await?;
+    let view = logview::LogView {
+        terminal: ctx.terminal,
+    };
+    let (code, _) = follow_run(&store, id, Some(&alive), true, view, out).await?;
     pull_outputs(&store, id, &plan.project_dir, out).await?;
     Ok(code)
 }
@@ -708,6 +719,9 @@ async fn launch_cmd(
         storage: deps.storage.clone(),
         layout: plan.layout.clone(),
     };
-    let (code, _) = follow_run(&store, &plan.run_id, None, false, out).await?;
+    let view = logview::LogView {
+        terminal: ctx.terminal,
+    };
+    let (code, _) = follow_run(&store, &plan.run_id, None, false, view, out).await?;
     Ok(code)
 }

@@ -35,6 +35,7 @@ fn main() {
         default_agent,
         tokens: None,
         progress: std::io::stderr().is_terminal(),
+        terminal: std::io::stdout().is_terminal(),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

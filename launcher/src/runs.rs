@@ -18,6 +18,8 @@ use cloudrun::storage::{PutOptions, Storage, StorageError};
 use cloudrun::{Layout, RunId, RunSpec};
 use serde::Serialize;
 
+use crate::logview::LogView;
+
 /// How often `logs -f` looks for new chunks, in seconds.
 pub const LOG_POLL_SECS: u64 = 2;
 /// Longest pause between `logs -f` polls while the store is unreachable (laptop asleep,
@@ -798,6 +800,7 @@ async fn print_new_chunks(
     store: &Store,
     run: &RunId,
     seen: &mut BTreeSet<String>,
+    view: LogView,
     out: &mut dyn Write,
 ) -> Result<usize, RunsError> {
     let prefix = store.layout.logs_prefix(run);
@@ -817,7 +820,7 @@ async fn print_new_chunks(
             .get_bytes(&o.key)
             .await
             .map_err(st(format!("reading {}", o.key)))?;
-        out.write_all(&b)?;
+        crate::logview::render_chunk(&b, view, out)?;
         out.flush()?;
         seen.insert(o.key);
         n += 1;
@@ -833,15 +836,16 @@ pub async fn logs(
     run: &RunId,
     follow: bool,
     poll: Duration,
+    view: LogView,
     out: &mut dyn Write,
 ) -> Result<Option<RunStatus>, RunsError> {
     if !follow {
         let mut seen = BTreeSet::new();
         store.load(run).await?;
-        print_new_chunks(store, run, &mut seen, out).await?;
+        print_new_chunks(store, run, &mut seen, view, out).await?;
         return Ok(None);
     }
-    follow_logs(store, run, poll, None, out).await
+    follow_logs(store, run, poll, None, view, out).await
 }
 
 /// Whether the run's "VM" still runs (for local runs: is the agent process alive).
@@ -855,6 +859,7 @@ pub async fn follow_logs(
     run: &RunId,
     poll: Duration,
     alive: Option<AliveCheck<'_>>,
+    view: LogView,
     out: &mut dyn Write,
 ) -> Result<Option<RunStatus>, RunsError> {
     let mut seen = BTreeSet::new();
@@ -863,22 +868,22 @@ pub async fn follow_logs(
     let mut failing = false;
     loop {
         let step = async {
-            let view = store.load(run).await?;
-            print_new_chunks(store, run, &mut seen, out).await?;
-            Ok::<_, RunsError>(view)
+            let status = store.load(run).await?;
+            print_new_chunks(store, run, &mut seen, view, out).await?;
+            Ok::<_, RunsError>(status)
         }
         .await;
         match step {
-            Ok(view) => {
+            Ok(loaded) => {
                 if failing {
                     tracing::info!("store reachable again; resuming");
                     failing = false;
                 }
                 pause = poll;
-                if view.phase().is_terminal() {
+                if loaded.phase().is_terminal() {
                     // The agent writes the last chunks before the final status.
-                    print_new_chunks(store, run, &mut seen, out).await?;
-                    return Ok(view.status);
+                    print_new_chunks(store, run, &mut seen, view, out).await?;
+                    return Ok(loaded.status);
                 }
                 if alive.is_some_and(|f| !f()) {
                     // One more look: the agent may have written its end just before exiting.

@@ -59,10 +59,82 @@ fn m08_agent_killed_mid_run_is_restarted_and_still_cleans_up() {
             .any(|e| e.instance.contains(&vm) && e.what.contains("Restart=always")),
         "the agent was not restarted"
     );
-    // The restarted agent adopted the job; only the dead agent could see its exit code.
-    assert!(matches!(reason(&st), "lost" | "succeeded"), "{st}");
+    // The restarted agent adopted the job and learnt its exit from the job shim.
+    assert_eq!(reason(&st), "succeeded", "{st}");
+    assert_eq!(st["end"]["exit_code"], 0, "{st}");
     one_delete(&w, &vm);
     w.assert_outputs_in_store(&run, &vm);
+}
+
+/// The agent's pid once the emulated `Restart=always` has started a new one (not `old`).
+fn next_agent_pid(w: &World, vm: &str, old: &str) -> String {
+    let pidfile = w
+        .emu
+        .vm_root(vm)
+        .unwrap()
+        .join("var/lib/cloudrun/agent.pid");
+    let mut pid = String::new();
+    w.wait_for("the agent to be restarted", vm, || {
+        pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        let p = pid.trim();
+        !p.is_empty() && p != old.trim() && std::path::Path::new(&format!("/proc/{p}")).exists()
+    });
+    pid
+}
+
+#[test]
+fn agent_killed_twice_mid_run_the_job_lives_on_every_line_and_checkpoint_is_shipped_and_the_exit_code_is_real(
+) {
+    const STEPS: usize = 24;
+    let w = World::new(WorldOpts::default());
+    let steps = STEPS.to_string();
+    let (run, vm) = w.launch(&["fail", &steps, "1"]);
+    w.wait_for("the job to run", &vm, || {
+        w.status(&run).is_some_and(|s| s["phase"] == "running") && w.vm_outputs(&vm).len() >= 2
+    });
+    let pidfile = w
+        .emu
+        .vm_root(&vm)
+        .unwrap()
+        .join("var/lib/cloudrun/agent.pid");
+    let first = std::fs::read_to_string(&pidfile).unwrap();
+    kill9(&first);
+    let second = next_agent_pid(&w, &vm, &first);
+    let seen = w.vm_outputs(&vm).len();
+    w.wait_for("the adopted job to write more checkpoints", &vm, || {
+        w.vm_outputs(&vm).len() >= seen + 2
+    });
+    assert!(
+        w.vm_outputs(&vm).len() < STEPS,
+        "the job ended before the second kill; make it longer"
+    );
+    kill9(&second);
+    next_agent_pid(&w, &vm, &second);
+    let st = w.wait_ended(&run, &vm);
+    w.wait_gone(&vm);
+    // `fail` exits 3 after its last step: the code the job really returned.
+    assert_eq!(reason(&st), "failed", "{st}");
+    assert_eq!(st["end"]["exit_code"], 3, "{st}");
+    one_delete(&w, &vm);
+    assert_eq!(w.assert_outputs_in_store(&run, &vm), STEPS);
+    // Every line the job printed, once, in order, with its stream.
+    let mut stdout = vec![];
+    let mut stderr = vec![];
+    for key in w.list(&format!("{}/runs/{run}/logs/", e2e::PREFIX)) {
+        for l in cloudrun::joblog::decode_chunk(&w.get(&key).unwrap()) {
+            match l.stream {
+                Some(cloudrun::joblog::Stream::Stdout) => stdout.push(l.text),
+                Some(cloudrun::joblog::Stream::Stderr) => stderr.push(l.text),
+                _ => {}
+            }
+        }
+    }
+    let want: Vec<String> = (1..=STEPS).map(|i| format!("step {i}")).collect();
+    if stdout != want {
+        w.dump(&vm);
+    }
+    assert_eq!(stdout, want);
+    assert_eq!(stderr, ["boom"]);
 }
 
 #[test]

@@ -54,6 +54,7 @@ impl Invoker {
             default_agent: None,
             tokens: self.tokens.clone(),
             progress: false,
+            terminal: false,
         };
         let mut argv = vec!["cloudrun-launch"];
         argv.extend_from_slice(args);

@@ -201,7 +201,14 @@ pub async fn logs_follow_picks_up_new_chunks_until_the_run_ends(b: &Backend) {
         })
     };
     let mut out = Vec::new();
-    let end = runs::logs(&store, &id, true, Duration::from_millis(20), &mut out)
+    let end = runs::logs(
+        &store,
+        &id,
+        true,
+        Duration::from_millis(20),
+        cloudrun_launch::logview::LogView::default(),
+        &mut out,
+    )
         .await
         .unwrap();
     writer.await.unwrap();
