@@ -166,7 +166,9 @@ start_detached() {
     log "agent already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  nohup setsid "$BIN" "${AGENT_ARGS[@]}" >>"${INSTALL_DIR}/agent.log" 2>&1 </dev/null &
+  # 9>&-: the agent (and the job it starts) must not hold this script's lock, or the
+  # next boot's (or restart's) run of this script would wait for the job to end.
+  nohup setsid "$BIN" "${AGENT_ARGS[@]}" >>"${INSTALL_DIR}/agent.log" 2>&1 </dev/null 9>&- &
   echo $! >"$pidfile"
   log "agent started detached (pid $!)"
 }

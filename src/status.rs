@@ -184,6 +184,19 @@ pub enum VmFate {
     LocalExit,
 }
 
+/// The agent's delete of its own VM, recorded before the call (the delete may end the
+/// agent before it can write anything after it). `status` confirms it with the Compute
+/// API: a VM that is gone was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRecord {
+    /// The `requestId` of the delete (repeated with the same id on a retry).
+    pub request_id: String,
+    pub requested_at: DateTime<Utc>,
+    /// The operation Compute answered with, once it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
 /// `runs/<id>/status.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStatus {
@@ -237,6 +250,9 @@ pub struct RunStatus {
     pub kept_disk: Option<String>,
     #[serde(default)]
     pub vm: Option<VmFate>,
+    /// The delete the agent asked for (also while `vm` is not set yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<DeleteRecord>,
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Fields written by a newer agent, kept as they are.
@@ -270,6 +286,7 @@ impl RunStatus {
             receipt: None,
             kept_disk: None,
             vm: None,
+            delete: None,
             warnings: Vec::new(),
             extra: BTreeMap::new(),
         }

@@ -26,7 +26,9 @@ use cloudrun::billing::Receipt;
 use cloudrun::compute::{wait_until_done, Compute};
 use cloudrun::retry::{Retry, RetryPolicy, Retryable};
 use cloudrun::spec::RunSpec;
-use cloudrun::status::{EndInfo, EndReason, InstanceRef, Phase, RunStatus, StopRequest, VmFate};
+use cloudrun::status::{
+    DeleteRecord, EndInfo, EndReason, InstanceRef, Phase, RunStatus, StopRequest, VmFate,
+};
 use cloudrun::{Layout, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -1225,9 +1227,60 @@ impl Agent {
             request_id: request_id.clone(),
             kept_disk: kept_disk.clone(),
         });
+        let key = self.deps.layout.status(&self.spec.run_id);
+        let quick = RetryPolicy::default().with_deadline(Duration::from_secs(VM_FATE_STATUS_SECS));
         let vm = match self.deps.vm.clone() {
             None => Some(VmFate::LocalExit),
-            Some(vm) => delete_or_power_off(&vm, &request_id, power_off_only).await,
+            Some(vm) => {
+                if !power_off_only {
+                    // Recorded before the call: a delete that works ends this agent
+                    // before anything after it can be written.
+                    let now = self.deps.clock.now();
+                    if self
+                        .status
+                        .delete
+                        .as_ref()
+                        .is_none_or(|d| d.request_id != request_id)
+                    {
+                        self.status.delete = Some(DeleteRecord {
+                            request_id: request_id.clone(),
+                            requested_at: now,
+                            operation: None,
+                        });
+                    }
+                    self.status.updated_at = now;
+                    if let Err(e) =
+                        report::write_status(self.deps.storage.as_ref(), &key, &self.status, &quick)
+                            .await
+                    {
+                        tracing::warn!("recording the delete request in the status: {e}");
+                    }
+                }
+                let storage = self.deps.storage.clone();
+                let (key2, quick2) = (key.clone(), quick.clone());
+                let mut noted = self.status.clone();
+                let mut on_operation = move |op: &str| -> futures::future::BoxFuture<'static, ()> {
+                    if let Some(d) = noted.delete.as_mut() {
+                        d.operation = Some(op.to_string());
+                    }
+                    let (st, storage, key, quick) =
+                        (noted.clone(), storage.clone(), key2.clone(), quick2.clone());
+                    Box::pin(async move {
+                        if let Err(e) =
+                            report::write_status(storage.as_ref(), &key, &st, &quick).await
+                        {
+                            tracing::warn!("recording the delete operation in the status: {e}");
+                        }
+                    })
+                };
+                let (fate, op) =
+                    delete_or_power_off(&vm, &request_id, power_off_only, &mut on_operation)
+                        .await;
+                if let (Some(op), Some(d)) = (op, self.status.delete.as_mut()) {
+                    d.operation = Some(op);
+                }
+                fate
+            }
         };
         self.status.vm = vm;
         if vm.is_none() {
@@ -1237,8 +1290,6 @@ impl Agent {
             );
         }
         self.status.updated_at = self.deps.clock.now();
-        let key = self.deps.layout.status(&self.spec.run_id);
-        let quick = RetryPolicy::default().with_deadline(Duration::from_secs(VM_FATE_STATUS_SECS));
         if let Err(e) =
             report::write_status(self.deps.storage.as_ref(), &key, &self.status, &quick).await
         {
@@ -1382,13 +1433,16 @@ async fn keep_boot_disk(vm: &VmHandle) -> Result<String, String> {
 }
 
 /// Delete the instance, at most [`DELETE_ATTEMPTS`] calls with one `requestId`; power it
-/// off when that fails. `None` when both fail.
+/// off when that fails. `None` when both fail. `on_operation` hears the delete operation's
+/// name as soon as Compute answers (before it is followed), and the name is returned too.
 async fn delete_or_power_off(
     vm: &VmHandle,
     request_id: &str,
     power_off_only: bool,
-) -> Option<VmFate> {
+    on_operation: &mut (dyn FnMut(&str) -> futures::future::BoxFuture<'static, ()> + Send),
+) -> (Option<VmFate>, Option<String>) {
     let i = &vm.instance;
+    let mut op_name = None;
     if !power_off_only {
         let policy = RetryPolicy::default();
         for attempt in 1..=DELETE_ATTEMPTS {
@@ -1401,8 +1455,12 @@ async fn delete_or_power_off(
                 .delete_instance(&i.project, &i.zone, &i.name, request_id)
                 .await
             {
-                Ok(None) => return Some(VmFate::Deleted),
+                Ok(None) => return (Some(VmFate::Deleted), op_name),
                 Ok(Some(op)) => {
+                    if !op.name.is_empty() {
+                        op_name = Some(op.name.clone());
+                        on_operation(&op.name).await;
+                    }
                     let done = if op.is_done() {
                         Ok(op)
                     } else {
@@ -1416,7 +1474,7 @@ async fn delete_or_power_off(
                         .await
                     };
                     match done.map(|op| op.into_result()) {
-                        Ok(Ok(_)) => return Some(VmFate::Deleted),
+                        Ok(Ok(_)) => return (Some(VmFate::Deleted), op_name),
                         Ok(Err(e)) => {
                             tracing::error!("the delete operation failed: {e}");
                             break;
@@ -1424,7 +1482,7 @@ async fn delete_or_power_off(
                         // Accepted but not confirmed (the VM may be going down under us).
                         Err(e) => {
                             tracing::warn!("delete accepted, not confirmed: {e}");
-                            return Some(VmFate::Deleted);
+                            return (Some(VmFate::Deleted), op_name);
                         }
                     }
                 }
@@ -1451,10 +1509,10 @@ async fn delete_or_power_off(
         )
         .await
     {
-        Ok(_) => Some(VmFate::PoweredOff),
+        Ok(_) => (Some(VmFate::PoweredOff), op_name),
         Err(e) => {
             tracing::error!("powering off the instance failed too: {e}");
-            None
+            (None, op_name)
         }
     }
 }

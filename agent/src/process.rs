@@ -373,6 +373,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_job_does_not_inherit_the_agents_other_descriptors() {
+        // As the startup script's lock: open without close-on-exec in the agent.
+        use std::os::fd::AsRawFd;
+        let owned = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let fd = owned.as_raw_fd();
+        let (mut job, _d) = start(&format!("test ! -e /proc/$$/fd/{fd}"));
+        let e = job.wait().await;
+        drop(owned);
+        assert!(e.success(), "the job holds descriptor {fd}: {e:?}");
+    }
+
+    #[tokio::test]
     async fn a_job_killed_by_a_signal_is_told_from_one_that_exits_with_its_number() {
         let (mut job, _d) = start("kill -INT $$");
         assert_eq!(job.wait().await, JobExit { code: None, signal: Some(2) });

@@ -17,7 +17,9 @@
 //! group, and then FILE is missing and the agent reports what it sent.
 //!
 //! It runs before any async runtime exists and opens nothing of the agent's (no console,
-//! no store): a few system calls and one small file.
+//! no store): a few system calls and one small file. Descriptors it inherited beyond
+//! stdin, stdout and stderr are closed first, so neither it nor the job holds anything
+//! of the agent's (or of the script that started the agent) while the job runs.
 
 use std::path::{Path, PathBuf};
 
@@ -229,8 +231,27 @@ pub fn write_exit(path: &Path, rec: &ExitRecord) -> std::io::Result<()> {
     crate::transfer::save_json(path, rec)
 }
 
+/// Close every descriptor above stderr that the shim inherited (a lock the startup script
+/// holds, say): the shim and the job outlive the agent, and a descriptor they kept open
+/// would hold whatever it holds for as long as the job runs.
+fn close_inherited_fds() {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    // The listing's own descriptor is closed by now; closing it again is harmless.
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
 /// The shim's whole life; returns its exit code.
 pub fn run(args: &ShimArgs) -> i32 {
+    close_inherited_fds();
     shrug_off_signals();
     let rec = supervise(args);
     if let Err(e) = write_exit(&args.exit_file, &rec) {

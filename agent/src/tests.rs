@@ -87,6 +87,9 @@ struct FakeCompute {
     store: Mutex<Option<(Arc<dyn Storage>, String)>>,
     status_at_delete: Mutex<Option<RunStatus>>,
     request_ids: Mutex<Vec<String>>,
+    /// The delete is accepted and then never finishes (the VM goes down under the agent,
+    /// which dies while it follows the operation).
+    delete_kills_agent: bool,
 }
 
 impl FakeCompute {
@@ -175,6 +178,13 @@ impl Compute for FakeCompute {
                     RunStatus::from_json(&String::from_utf8_lossy(&b)).ok();
             }
         }
+        if self.delete_kills_agent {
+            return Ok(Some(Operation {
+                name: "operation-delete-1".into(),
+                status: "RUNNING".into(),
+                ..Operation::default()
+            }));
+        }
         match self.delete_status {
             Some(st) => Err(Self::api_err(st)),
             None => Ok(Some(Self::done())),
@@ -215,6 +225,9 @@ impl Compute for FakeCompute {
         Ok(Self::done())
     }
     async fn wait_operation(&self, _: &str, _: &str, _: &str) -> Result<Operation, ComputeError> {
+        if self.delete_kills_agent {
+            std::future::pending::<()>().await;
+        }
         Ok(Self::done())
     }
 }
@@ -363,6 +376,12 @@ impl Rig {
             .expect("status at delete");
         assert_eq!(st.phase, Phase::Ended);
         assert!(st.receipt.is_some() && st.end.is_some());
+        let d = st.delete.expect("the delete is recorded before it is sent");
+        assert_eq!(
+            [d.request_id],
+            self.compute.request_ids.lock().unwrap()[..1],
+            "the request id sent"
+        );
     }
 }
 
@@ -415,6 +434,38 @@ async fn a_successful_job_ships_logs_and_outputs_then_deletes_the_vm_once() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn a_delete_that_ends_the_agent_still_leaves_the_request_and_its_operation_in_the_status() {
+    let rig = Rig::with_compute(FakeCompute {
+        delete_kills_agent: true,
+        ..FakeCompute::default()
+    });
+    let spec = rig.spec("echo done");
+    let watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let run = cloudrun::RunId::parse("20261126-071500-ab12").unwrap();
+            let Ok(b) = rig.storage.get_bytes(&rig.layout.status(&run)).await else {
+                continue;
+            };
+            let st = RunStatus::from_json(&String::from_utf8_lossy(&b)).unwrap();
+            if st.delete.as_ref().is_some_and(|d| d.operation.is_some()) {
+                return st;
+            }
+        }
+    };
+    let st = tokio::select! {
+        _ = rig.run(spec) => panic!("the agent returned although the delete never finished"),
+        st = tokio::time::timeout(Duration::from_secs(120), watch) => st.expect("status with the delete operation"),
+    };
+    assert_eq!(st.phase, Phase::Ended);
+    assert_eq!(st.end.as_ref().unwrap().reason, EndReason::Succeeded);
+    let d = st.delete.unwrap();
+    assert_eq!(d.operation.as_deref(), Some("operation-delete-1"));
+    assert_eq!(d.request_id, rig.compute.request_ids.lock().unwrap()[0]);
+    assert_eq!(st.vm, None, "not confirmed yet: `status` asks Compute");
 }
 
 #[tokio::test]

@@ -510,7 +510,11 @@ pub async fn status_table_on(
         let rec = record(&v.run);
         let mut end = v.end();
         if v.phase().is_terminal() && vm_up {
-            end.push_str("  [VM still up: cloudrun-launch sweep]");
+            if v.status.as_ref().is_some_and(delete_pending) {
+                end.push_str("  [VM being deleted]");
+            } else {
+                end.push_str("  [VM still up: cloudrun-launch sweep]");
+            }
         }
         if v.lost(rec.as_ref()) {
             note(
@@ -640,17 +644,43 @@ pub async fn status_one_with(
     writeln!(out, "phase    {}", v.shown_phase(None))?;
     writeln!(out, "gpu      {}", v.gpu())?;
     if let Some((p, z, n)) = v.instance() {
-        let state = match &vm {
-            Ok(Some(i)) => i.status.clone(),
-            Ok(None) => "gone".into(),
-            Err(e) => e.clone(),
-        };
+        let state = vm_state(&vm, v.status.as_ref());
         writeln!(out, "vm       {n} in {z} (project {p}): {state}")?;
-        if v.phase().is_terminal() && matches!(vm, Ok(Some(_))) {
+        let deleting = v.status.as_ref().is_some_and(delete_pending);
+        if v.phase().is_terminal() && matches!(vm, Ok(Some(_))) && !deleting {
             writeln!(out, "warning  the run ended but its VM is still up: `cloudrun-launch stop {} --now` or `cloudrun-launch sweep --yes`", v.run)?;
         }
     }
     print_status_body(store, &v, now, out).await
+}
+
+/// The agent asked for its VM's delete and did not live to record the outcome (a delete
+/// that works ends the agent): the Compute API has the last word.
+fn delete_pending(s: &RunStatus) -> bool {
+    s.delete.is_some() && s.vm.is_none()
+}
+
+/// The VM's state for `status RUN`: what the Compute API says, reconciled with the
+/// delete the agent recorded before it asked.
+fn vm_state(vm: &Result<Option<Instance>, String>, s: Option<&RunStatus>) -> String {
+    let asked = s.filter(|s| delete_pending(s)).and_then(|s| s.delete.as_ref()).map(|d| {
+        format!(
+            "the agent asked for its delete at {}{}",
+            d.requested_at.format("%H:%M:%S UTC"),
+            d.operation
+                .as_ref()
+                .map(|o| format!(", operation {o}"))
+                .unwrap_or_default()
+        )
+    });
+    match (vm, asked) {
+        (Ok(None), Some(a)) => format!("deleted ({a}; the Compute API no longer has it)"),
+        (Ok(None), None) => "gone".into(),
+        (Ok(Some(i)), Some(a)) => format!("{}, being deleted ({a})", i.status),
+        (Ok(Some(i)), None) => i.status.clone(),
+        (Err(e), Some(a)) => format!("{e}; {a}"),
+        (Err(e), None) => e.clone(),
+    }
 }
 
 /// The part of `status RUN` that cloud and local runs share: times, cost, GPU, end.
@@ -1409,4 +1439,46 @@ pub async fn sweep_local(
         )?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod delete_tests {
+    use super::*;
+    use cloudrun::status::{DeleteRecord, VmFate};
+
+    fn ended(delete: Option<&str>, vm: Option<VmFate>) -> RunStatus {
+        let run = RunId::parse("20261126-071500-ab12").unwrap();
+        let at: DateTime<Utc> = "2026-11-26T08:00:00Z".parse().unwrap();
+        let mut s = RunStatus::launching(run, at, 1.0);
+        s.phase = Phase::Ended;
+        s.vm = vm;
+        s.delete = delete.map(|op| DeleteRecord {
+            request_id: "req-1".into(),
+            requested_at: at,
+            operation: Some(op.into()),
+        });
+        s
+    }
+
+    #[test]
+    fn a_delete_the_agent_did_not_live_to_confirm_is_confirmed_by_the_compute_api() {
+        let s = ended(Some("operation-9"), None);
+        let gone = vm_state(&Ok(None), Some(&s));
+        assert_eq!(
+            gone,
+            "deleted (the agent asked for its delete at 08:00:00 UTC, operation operation-9; the Compute API no longer has it)"
+        );
+        let up = Instance {
+            status: "STOPPING".into(),
+            ..Instance::default()
+        };
+        let going = vm_state(&Ok(Some(up.clone())), Some(&s));
+        assert!(going.starts_with("STOPPING, being deleted (the agent asked"), "{going}");
+        let unknown = vm_state(&Err("VM check failed: 503".into()), Some(&s));
+        assert!(unknown.contains("503; the agent asked"), "{unknown}");
+        // Without a recorded delete, or once the agent recorded the fate: as before.
+        assert_eq!(vm_state(&Ok(None), Some(&ended(None, None))), "gone");
+        let fated = ended(Some("operation-9"), Some(VmFate::PoweredOff));
+        assert_eq!(vm_state(&Ok(Some(up)), Some(&fated)), "STOPPING");
+    }
 }
