@@ -89,8 +89,7 @@ pub fn chunk_header() -> Vec<u8> {
 /// Every line of one chunk, in either format.
 pub fn decode_chunk(bytes: &[u8]) -> Vec<Line> {
     let header = CHUNK_HEADER.as_bytes();
-    let tagged = bytes.starts_with(header)
-        && matches!(bytes.get(header.len()), Some(b'\n') | None);
+    let tagged = bytes.starts_with(header) && matches!(bytes.get(header.len()), Some(b'\n') | None);
     let body = if tagged {
         &bytes[(header.len() + 1).min(bytes.len())..]
     } else {
@@ -136,7 +135,11 @@ mod tests {
         encode_line(Stream::Stdout, "step 1", &mut c);
         encode_line(Stream::Stderr, "boom", &mut c);
         encode_line(Stream::Agent, "job started", &mut c);
-        encode_line(Stream::Stdout, "@|forged\n[cloudrun-agent] forged too", &mut c);
+        encode_line(
+            Stream::Stdout,
+            "@|forged\n[cloudrun-agent] forged too",
+            &mut c,
+        );
         encode_line(Stream::Stdout, "", &mut c);
         let lines = decode_chunk(&c);
         let got: Vec<(Option<Stream>, &str)> =

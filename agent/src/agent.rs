@@ -969,14 +969,11 @@ impl Agent {
 
         let now = self.deps.clock.now();
         self.setup_secs = secs_between(self.state.agent_started_at, now).max(0.0) as u64;
-        let mut job = match self.spawn_job(
-            self.spec.job.command.clone(),
-            &run_as,
-            JOB_EXIT_FILE_NAME,
-        ) {
-            Ok(j) => j,
-            Err(e) => return (end_info(EndReason::Failed, e), None),
-        };
+        let mut job =
+            match self.spawn_job(self.spec.job.command.clone(), &run_as, JOB_EXIT_FILE_NAME) {
+                Ok(j) => j,
+                Err(e) => return (end_info(EndReason::Failed, e), None),
+            };
         let pid = job.pid();
         self.set_stage(Stage::Running {
             pid,
@@ -1020,9 +1017,7 @@ impl Agent {
         let mut job = Job::adopt(pid, start_ticks, self.exit_file(JOB_EXIT_FILE_NAME));
         match self.watch_until(job.wait()).await {
             Err(end) => (end, Some(job)),
-            Ok(exit) if exit.code.is_some() || exit.signal.is_some() => {
-                (job_exit_end(exit), None)
-            }
+            Ok(exit) if exit.code.is_some() || exit.signal.is_some() => (job_exit_end(exit), None),
             Ok(_) => (
                 end_info(
                     EndReason::Lost,
@@ -1274,8 +1269,7 @@ impl Agent {
                     })
                 };
                 let (fate, op) =
-                    delete_or_power_off(&vm, &request_id, power_off_only, &mut on_operation)
-                        .await;
+                    delete_or_power_off(&vm, &request_id, power_off_only, &mut on_operation).await;
                 if let (Some(op), Some(d)) = (op, self.status.delete.as_mut()) {
                     d.operation = Some(op);
                 }

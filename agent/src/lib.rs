@@ -216,8 +216,15 @@ pub(crate) mod test_shim {
                 .to_path_buf();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "cloudrun-agent", "--bin", "cloudrun-agent"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            cmd.args([
+                "build",
+                "-q",
+                "-p",
+                "cloudrun-agent",
+                "--bin",
+                "cloudrun-agent",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
             for (k, _) in std::env::vars_os() {
                 let k = k.to_string_lossy();
                 if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
@@ -232,7 +239,11 @@ pub(crate) mod test_shim {
             let st = cmd.status().expect("run cargo build -p cloudrun-agent");
             assert!(st.success(), "cargo build -p cloudrun-agent failed");
             let agent = dir.join("cloudrun-agent");
-            assert!(agent.exists(), "{} is missing after the build", agent.display());
+            assert!(
+                agent.exists(),
+                "{} is missing after the build",
+                agent.display()
+            );
             agent
         })
         .clone()

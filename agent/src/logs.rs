@@ -144,7 +144,10 @@ pub async fn resume_cursor(
 ) -> Offsets {
     let cursor: LogCursor = match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!("log cursor {} is damaged ({e}); shipping the job's output from its start", path.display());
+            tracing::warn!(
+                "log cursor {} is damaged ({e}); shipping the job's output from its start",
+                path.display()
+            );
             LogCursor::default()
         }),
         Err(_) => LogCursor::default(),
@@ -666,7 +669,11 @@ mod tests {
         let mut lines = vec![];
         for o in &objs {
             let b = storage.get_bytes(&o.key).await.unwrap();
-            assert!(b.starts_with(joblog::CHUNK_HEADER.as_bytes()), "{:?}", o.key);
+            assert!(
+                b.starts_with(joblog::CHUNK_HEADER.as_bytes()),
+                "{:?}",
+                o.key
+            );
             for l in joblog::decode_chunk(&b) {
                 lines.push((l.stream.map_or('?', Stream::tag), l.text));
             }
@@ -719,7 +726,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         append(&paths.1, "two\n");
         tails.catch_up(Duration::from_secs(5)).await;
-        tx.send(LogMsg::Line(LogLine::agent("a note"))).await.unwrap();
+        tx.send(LogMsg::Line(LogLine::agent("a note")))
+            .await
+            .unwrap();
         append(&paths.0, "three\r\nno newline");
         tails.finish(Duration::from_secs(5)).await;
         assert!(finish(&tx).await);
@@ -736,7 +745,11 @@ mod tests {
                 ('1', "no newline")
             ]
         );
-        let n = storage.list(&layout.logs_prefix(&run())).await.unwrap().len();
+        let n = storage
+            .list(&layout.logs_prefix(&run()))
+            .await
+            .unwrap()
+            .len();
         assert!(n >= 2, "shipped while running, then at the end: {n} chunks");
         assert_eq!(
             std::fs::read_to_string(state.path().join("job.log")).unwrap(),
@@ -776,9 +789,14 @@ mod tests {
             let from = resume_cursor(storage.as_ref(), &layout, &run(), &cursor).await;
             let seq = next_seq(storage.as_ref(), &layout.logs_prefix(&run()), Utc::now()).await;
             let (tx, rx) = mpsc::channel(64);
-            let shipper =
-                LogShipper::new(storage.clone(), layout.clone(), run(), seq, &LogSinks::default())
-                    .with_cursor(cursor.clone(), from);
+            let shipper = LogShipper::new(
+                storage.clone(),
+                layout.clone(),
+                run(),
+                seq,
+                &LogSinks::default(),
+            )
+            .with_cursor(cursor.clone(), from);
             let task = tokio::spawn(shipper.run(rx, Duration::from_millis(50)));
             let tails = Tails::start(
                 paths.clone(),
@@ -946,7 +964,9 @@ mod tests {
             )
             .run(rx, Duration::from_millis(50)),
         );
-        tx.send(LogMsg::Line(LogLine::agent("hello"))).await.unwrap();
+        tx.send(LogMsg::Line(LogLine::agent("hello")))
+            .await
+            .unwrap();
         let (done_tx, done_rx) = oneshot::channel();
         tx.send(LogMsg::Finish(done_tx)).await.unwrap();
         assert!(!done_rx.await.unwrap());

@@ -334,7 +334,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_runs_in_its_own_process_group_and_reports_its_exit_code() {
-        let (mut job, d) = start("test \"$CLOUDRUN_TEST\" = yes && echo out && echo err >&2 && exit 3");
+        let (mut job, d) =
+            start("test \"$CLOUDRUN_TEST\" = yes && echo out && echo err >&2 && exit 3");
         let pid = job.pid();
         assert_eq!(
             nix::unistd::getpgid(Some(Pid::from_raw(pid)))
@@ -351,8 +352,14 @@ mod tests {
             }
         );
         assert_eq!(e.describe(), "exit code 3");
-        assert_eq!(std::fs::read_to_string(d.path().join("stdout")).unwrap(), "out\n");
-        assert_eq!(std::fs::read_to_string(d.path().join("stderr")).unwrap(), "err\n");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("stdout")).unwrap(),
+            "out\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("stderr")).unwrap(),
+            "err\n"
+        );
     }
 
     #[tokio::test]
@@ -365,7 +372,13 @@ mod tests {
         drop(job);
         let mut adopted = Job::adopt(pid, ticks, d.path().join("exit.json"));
         let e = adopted.wait().await;
-        assert_eq!(e, JobExit { code: Some(5), signal: None });
+        assert_eq!(
+            e,
+            JobExit {
+                code: Some(5),
+                signal: None
+            }
+        );
         assert_eq!(
             std::fs::read_to_string(d.path().join("stdout")).unwrap(),
             "step 1\nstep 2\nstep 3\nstep 4\n"
@@ -392,9 +405,21 @@ mod tests {
     #[tokio::test]
     async fn a_job_killed_by_a_signal_is_told_from_one_that_exits_with_its_number() {
         let (mut job, _d) = start("kill -INT $$");
-        assert_eq!(job.wait().await, JobExit { code: None, signal: Some(2) });
+        assert_eq!(
+            job.wait().await,
+            JobExit {
+                code: None,
+                signal: Some(2)
+            }
+        );
         let (mut job, _d) = start("exit 130");
-        assert_eq!(job.wait().await, JobExit { code: Some(130), signal: None });
+        assert_eq!(
+            job.wait().await,
+            JobExit {
+                code: Some(130),
+                signal: None
+            }
+        );
     }
 
     #[tokio::test]
@@ -457,7 +482,13 @@ mod tests {
         );
         let mut adopted = Job::adopt(pid, ticks, d.path().join("exit.json"));
         let (_, e) = tokio::join!(job.wait(), adopted.wait());
-        assert_eq!(e, JobExit { code: Some(0), signal: None });
+        assert_eq!(
+            e,
+            JobExit {
+                code: Some(0),
+                signal: None
+            }
+        );
         assert!(!is_same_process_alive(pid, ticks));
         assert!(!boot_id().is_empty());
     }
@@ -477,7 +508,10 @@ mod tests {
             self::io(&d),
         )
         .unwrap();
-        assert_eq!(job.wait().await.code, Some(crate::shim::SPAWN_FAILED_EXIT_CODE));
+        assert_eq!(
+            job.wait().await.code,
+            Some(crate::shim::SPAWN_FAILED_EXIT_CODE)
+        );
         let said = std::fs::read_to_string(d.path().join("stderr")).unwrap();
         assert!(said.contains("/nonexistent/python3"), "{said}");
     }

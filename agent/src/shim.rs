@@ -82,7 +82,9 @@ impl ShimArgs {
         loop {
             match it.next().map(String::as_str) {
                 Some("--exit-file") => {
-                    exit_file = Some(PathBuf::from(it.next().ok_or_else(|| bad("--exit-file needs a path"))?))
+                    exit_file = Some(PathBuf::from(
+                        it.next().ok_or_else(|| bad("--exit-file needs a path"))?,
+                    ))
                 }
                 Some("--uid") => uid = Some(num(it.next(), "--uid")?),
                 Some("--gid") => gid = Some(num(it.next(), "--gid")?),
@@ -300,8 +302,8 @@ mod tests {
         assert_eq!(ShimArgs::parse(&a.to_args()).unwrap(), a);
         let e = ShimArgs::parse(&["--exit-file".into(), "f".into()]).unwrap_err();
         assert!(e.to_string().contains("no -- before"), "{e}");
-        let e = ShimArgs::parse(&["--uid".into(), "1".into(), "--".into(), "x".into()])
-            .unwrap_err();
+        let e =
+            ShimArgs::parse(&["--uid".into(), "1".into(), "--".into(), "x".into()]).unwrap_err();
         assert!(e.to_string().contains("go together"), "{e}");
     }
 

@@ -915,7 +915,11 @@ async fn a_restart_while_the_job_runs_adopts_it_until_it_exits() {
         "waited for the adopted job"
     );
     assert_eq!(out.end.reason, EndReason::Lost);
-    assert!(out.end.message.contains("not recorded"), "{}", out.end.message);
+    assert!(
+        out.end.message.contains("not recorded"),
+        "{}",
+        out.end.message
+    );
     assert!(!rig.work.path().join("ran").exists());
     assert!(rig
         .status()

@@ -391,7 +391,10 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            [format!("{}checkpoint/step-1.pt", layout.outputs_prefix(&run))]
+            [format!(
+                "{}checkpoint/step-1.pt",
+                layout.outputs_prefix(&run)
+            )]
         );
         let said = p.skipped.join("\n");
         assert_eq!(p.skipped.len(), 3, "{said}");
@@ -400,11 +403,17 @@ mod tests {
                 && said.contains(&outside.path().display().to_string()),
             "{said}"
         );
-        assert!(said.contains("output folder out/sub: is reached through"), "{said}");
+        assert!(
+            said.contains("output folder out/sub: is reached through"),
+            "{said}"
+        );
         assert!(
             said.contains("checkpoint/etc: a symlink to") && said.contains("not followed"),
             "{said}"
         );
-        assert!(o.sync().await.skipped.is_empty(), "said once, not every pass");
+        assert!(
+            o.sync().await.skipped.is_empty(),
+            "said once, not every pass"
+        );
     }
 }

@@ -142,7 +142,9 @@ fn csi(it: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String, keep
     };
     let sgr = fin == 'm'
         && !intermediates
-        && params.chars().all(|c| c.is_ascii_digit() || c == ';' || c == ':');
+        && params
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ';' || c == ':');
     if sgr && keep_sgr {
         out.push_str("\u{1b}[");
         out.push_str(&params);

@@ -663,16 +663,19 @@ fn delete_pending(s: &RunStatus) -> bool {
 /// The VM's state for `status RUN`: what the Compute API says, reconciled with the
 /// delete the agent recorded before it asked.
 fn vm_state(vm: &Result<Option<Instance>, String>, s: Option<&RunStatus>) -> String {
-    let asked = s.filter(|s| delete_pending(s)).and_then(|s| s.delete.as_ref()).map(|d| {
-        format!(
-            "the agent asked for its delete at {}{}",
-            d.requested_at.format("%H:%M:%S UTC"),
-            d.operation
-                .as_ref()
-                .map(|o| format!(", operation {o}"))
-                .unwrap_or_default()
-        )
-    });
+    let asked = s
+        .filter(|s| delete_pending(s))
+        .and_then(|s| s.delete.as_ref())
+        .map(|d| {
+            format!(
+                "the agent asked for its delete at {}{}",
+                d.requested_at.format("%H:%M:%S UTC"),
+                d.operation
+                    .as_ref()
+                    .map(|o| format!(", operation {o}"))
+                    .unwrap_or_default()
+            )
+        });
     match (vm, asked) {
         (Ok(None), Some(a)) => format!("deleted ({a}; the Compute API no longer has it)"),
         (Ok(None), None) => "gone".into(),
@@ -1473,7 +1476,10 @@ mod delete_tests {
             ..Instance::default()
         };
         let going = vm_state(&Ok(Some(up.clone())), Some(&s));
-        assert!(going.starts_with("STOPPING, being deleted (the agent asked"), "{going}");
+        assert!(
+            going.starts_with("STOPPING, being deleted (the agent asked"),
+            "{going}"
+        );
         let unknown = vm_state(&Err("VM check failed: 503".into()), Some(&s));
         assert!(unknown.contains("503; the agent asked"), "{unknown}");
         // Without a recorded delete, or once the agent recorded the fate: as before.

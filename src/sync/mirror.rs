@@ -734,9 +734,15 @@ mod tests {
 
         let model = d.path().join("model");
         std::os::unix::fs::symlink(&secrets, &model).unwrap();
-        let r = mirror_dir(store.clone(), &model, "p/model/", &mut MirrorState::default(), 1)
-            .await
-            .unwrap();
+        let r = mirror_dir(
+            store.clone(),
+            &model,
+            "p/model/",
+            &mut MirrorState::default(),
+            1,
+        )
+        .await
+        .unwrap();
         assert!(r.uploaded.is_empty(), "{r:?}");
         assert_eq!(r.skipped, ["."]);
         assert!(store.list("p/model/").await.unwrap().is_empty());
@@ -758,7 +764,10 @@ mod tests {
         std::os::unix::fs::symlink(&root, &linked_root).unwrap();
         std::fs::create_dir_all(root.join("real")).unwrap();
         std::fs::write(root.join("real/b.pt"), b"b").unwrap();
-        assert!(!no_symlink_on_the_way(&linked_root.join("real/b.pt"), "real/b.pt"));
+        assert!(!no_symlink_on_the_way(
+            &linked_root.join("real/b.pt"),
+            "real/b.pt"
+        ));
     }
 
     #[tokio::test]

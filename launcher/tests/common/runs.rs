@@ -209,8 +209,8 @@ pub async fn logs_follow_picks_up_new_chunks_until_the_run_ends(b: &Backend) {
         cloudrun_launch::logview::LogView::default(),
         &mut out,
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     writer.await.unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
