@@ -719,6 +719,45 @@ async fn a_failing_setup_ends_the_run_before_the_job() {
 }
 
 #[tokio::test]
+async fn a_restart_during_setup_ends_the_old_setup_before_running_it_again() {
+    let rig = Rig::new();
+    use std::os::unix::process::CommandExt;
+    // The setup the dead agent started: still running in its own process group.
+    let mut old = std::process::Command::new("sh")
+        .args(["-c", "sleep 60"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = old.id() as i32;
+    let ticks = crate::process::proc_start_ticks(pid).unwrap();
+    crate::transfer::save_json(
+        &rig.state.path().join(crate::agent::SETUP_PROCESS_FILE_NAME),
+        &(pid, ticks),
+    )
+    .unwrap();
+    write_state(&rig, Stage::Preparing);
+    let mut spec = rig.spec("echo job ran");
+    spec.job.setup = Some("echo setup again".into());
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = tokio::task::spawn_blocking(move || old.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(9), "the old setup was ended");
+    let log = rig.log_text().await;
+    assert!(
+        log.contains("the setup started by the previous agent"),
+        "{log}"
+    );
+    assert!(
+        log.contains("setup again") && log.contains("job ran"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_vm_user_is_a_clear_setup_failure() {
     let rig = Rig::new();
     let mut spec = rig.spec("touch ran");
