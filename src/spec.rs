@@ -217,7 +217,7 @@ impl Default for Intervals {
 }
 
 /// The price the launcher quoted; the agent bills with it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceQuote {
     /// Whole-VM price (GPUs, vCPUs, memory, disk) in US dollars per hour.
@@ -225,6 +225,13 @@ pub struct PriceQuote {
     /// Where the figure came from, e.g. "built-in table 2026-11-01" or a prices.toml path.
     #[serde(default)]
     pub source: String,
+    /// Whether the figure is an estimate (a built-in figure) rather than Google's list
+    /// price; the agent enforces a budget with it all the same, with no margin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimate: bool,
+    /// The region the figure is for (the zone the VM landed in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Where and on what the run executes.
@@ -402,6 +409,7 @@ pub(crate) mod tests {
             price: PriceQuote {
                 usd_per_hour: 0.71,
                 source: "built-in table".into(),
+                ..PriceQuote::default()
             },
             placement: Placement {
                 provider: Provider::Gce,

@@ -82,7 +82,7 @@ pub fn instance_body(
         "automaticRestart": !plan.spot,
         "provisioningModel": if plan.spot { "SPOT" } else { "STANDARD" },
         "instanceTerminationAction": "DELETE",
-        "maxRunDuration": {"seconds": plan.cloud_max_run_secs.to_string()},
+        "maxRunDuration": {"seconds": plan.cloud_max_run_secs_for(zone).to_string()},
     });
     if let Some(obj) = scheduling.as_object_mut() {
         obj.retain(|_, v| !v.is_null());
@@ -144,7 +144,7 @@ pub fn family_url(plan: &LaunchPlan) -> String {
 mod tests {
     use super::*;
     use crate::plan::{build, tests::good, tests::inputs};
-    use cloudrun::prices::PriceTable;
+    use cloudrun::prices::PriceBook;
 
     fn plan(gpu: &str, spot: bool) -> LaunchPlan {
         let dir = tempfile::tempdir().unwrap();
@@ -157,7 +157,7 @@ mod tests {
             value: spot,
             source: crate::settings::Source::Default,
         });
-        let prices = PriceTable::builtin();
+        let prices = PriceBook::builtin();
         let cmd = vec!["main.py".to_string()];
         let p = build(&st, &inputs(&cmd, &prices)).unwrap();
         std::mem::forget(dir);

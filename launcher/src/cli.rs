@@ -25,6 +25,7 @@ Examples:
   cloudrun-launch sweep --yes                      delete cloudrun VMs whose run ended or went silent
   cloudrun-launch report 20261126-071500-ab12      SVG plot of GPU utilisation and cumulative cost
   cloudrun-launch config                           resolved settings and where each came from
+  cloudrun-launch prices --gpu l4                  what an L4 costs per hour in each region, on demand and Spot
   cloudrun-launch completions bash > ~/.local/share/bash-completion/completions/cloudrun-launch
 
 RUN is a run id, or `latest`: the newest run launched from this project folder (the current
@@ -133,9 +134,12 @@ pub struct LaunchArgs {
     /// The static cloudrun-agent to upload [env: CLOUDRUN_AGENT_BINARY]
     #[arg(long, value_name = "PATH")]
     pub agent_binary: Option<PathBuf>,
-    /// A prices.toml that overrides the built-in price table
+    /// A prices.toml that overrides Google's catalog and the built-in price table
     #[arg(long, value_name = "PATH")]
     pub prices: Option<PathBuf>,
+    /// Allow default zones on another continent than the bucket (egress is quoted)
+    #[arg(long)]
+    pub any_region: bool,
     /// Environment for the job (repeatable), e.g. --env BATCHSIZE=256
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -219,6 +223,21 @@ pub enum Command {
         /// Output file (default: cloudrun-report-RUN.svg in the current directory)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Prices per hour by GPU shape and region, from Google's catalog (cached a week)
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch prices --gpu l4\n  cloudrun-launch prices --refresh --gpu h100:8 --region us-east4"
+    )]
+    Prices {
+        /// Read Google's catalog now, even if the cached copy is fresh
+        #[arg(long)]
+        refresh: bool,
+        /// Only this GPU (t4, l4, a100:2, …; without a count: every count)
+        #[arg(long, value_name = "KIND[:N]")]
+        gpu: Option<String>,
+        /// Only this region (us-central1) or zone (us-central1-a)
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
     },
     /// Print the resolved settings and where each came from
     #[command(after_help = "Example:\n  cloudrun-launch config")]

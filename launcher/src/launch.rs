@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudrun::compute::{Compute, ComputeError};
+use cloudrun::prices::PriceBook;
 use cloudrun::status::{InstanceRef, RunStatus};
 use cloudrun::storage::{PutOptions, Storage, StorageError};
 
 use crate::body;
 use crate::failover::{self, FailoverError, Placed, OPERATION_DEADLINE_SECS};
 use crate::plan::LaunchPlan;
+use crate::near_data;
 
 /// What the code push produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub enum LaunchError {
     Body(#[from] body::MetadataTooBig),
     #[error(transparent)]
     Failover(#[from] FailoverError),
+    #[error(transparent)]
+    NoNearZone(#[from] near_data::NoNearZone),
 }
 
 /// A created run.
@@ -120,6 +124,7 @@ pub async fn upload_agent(storage: &dyn Storage, plan: &LaunchPlan) -> Result<bo
 /// the caller (stdout).
 pub async fn launch(
     plan: &LaunchPlan,
+    book: &PriceBook,
     deps: &Deps,
     now: DateTime<Utc>,
     report: &mut (dyn FnMut(String) + Send),
@@ -183,7 +188,35 @@ pub async fn launch(
     status.budget_usd = plan.spec.policies.budget_usd;
     write_status(deps.storage.as_ref(), plan, &status).await?;
 
-    // 3. The VM.
+    // 3. The zones: near the data first (the bucket's location, read once).
+    let zones = match deps.storage.bucket_location().await {
+        Ok(Some(bucket)) => {
+            let order = near_data::order(plan, book, &bucket, pushed.total_bytes)?;
+            report(format!(
+                "data: bucket {} in {} ({})",
+                plan.bucket, bucket.location, bucket.location_type
+            ));
+            if !order.far.is_empty() {
+                report(format!(
+                    "zones on another continent than the data, not tried without --any-region: {}",
+                    order.far.join(", ")
+                ));
+            }
+            for line in &order.lines {
+                report(format!("  {line}"));
+            }
+            order.zones
+        }
+        Ok(None) => plan.zones.clone(),
+        Err(e) => {
+            report(format!(
+                "warning: could not read the bucket's location ({e}); trying the zones in their default order"
+            ));
+            plan.zones.clone()
+        }
+    };
+
+    // 4. The VM.
     let body_for = |zone: &str| {
         body::instance_body(plan, zone, &source_image).unwrap_or(serde_json::Value::Null)
     };
@@ -191,14 +224,14 @@ pub async fn launch(
         deps.compute.as_ref(),
         &plan.project,
         &plan.instance_name,
-        &plan.zones,
+        &zones,
         &body_for,
         report,
         Duration::from_secs(OPERATION_DEADLINE_SECS),
     )
     .await?;
 
-    // 4. Record where it landed (the agent overwrites the status once it runs).
+    // 5. Record where it landed (the agent overwrites the status once it runs).
     let instance = InstanceRef {
         project: plan.project.clone(),
         zone: placed.zone.clone(),
@@ -232,9 +265,9 @@ pub async fn launch(
     }
     Ok(Launched {
         run_id: plan.run_id.clone(),
+        usd_per_hour: plan.quote_for_zone(&placed.zone).usd_per_hour,
+        deadline: plan.hard_deadline(&placed.zone, now),
         instance,
-        usd_per_hour: plan.estimate.usd_per_hour,
-        deadline: plan.hard_deadline(now),
     })
 }
 
@@ -255,16 +288,13 @@ async fn write_status(
     Ok(())
 }
 
-/// The lines printed (stdout) after a launch.
+/// The lines printed (stdout) after a launch: the price is the landing zone's.
 pub fn summary(plan: &LaunchPlan, l: &Launched) -> String {
-    let price = if plan.estimate.is_complete() {
-        format!("${:.2}/h ({})", l.usd_per_hour, plan.estimate.source)
+    let e = plan.quote_for_zone(&l.instance.zone);
+    let price = if e.is_complete() {
+        format!("${:.2}/h ({})", l.usd_per_hour, e.describe())
     } else {
-        format!(
-            "at least ${:.2}/h ({})",
-            l.usd_per_hour,
-            plan.estimate.describe()
-        )
+        format!("at least ${:.2}/h ({})", l.usd_per_hour, e.describe())
     };
     let mut s = format!(
         "run      {}\nvm       {} in {} ({}, {} × {}{})\nprice    {price}\n",
@@ -278,8 +308,13 @@ pub fn summary(plan: &LaunchPlan, l: &Launched) -> String {
     );
     if let Some(b) = plan.spec.policies.budget_usd {
         s.push_str(&format!(
-            "budget   ${b:.2} buys {}\n",
-            cloudrun::billing::format_secs(plan.spec.policies.max_run_secs)
+            "budget   ${b:.2} buys {}{}\n",
+            cloudrun::billing::format_secs(plan.agent_max_secs_for(&l.instance.zone)),
+            if e.estimate {
+                " at the estimated price (enforced with that figure, no margin)"
+            } else {
+                ""
+            }
         ));
     }
     s.push_str(&format!(
@@ -289,4 +324,30 @@ pub fn summary(plan: &LaunchPlan, l: &Launched) -> String {
         l.run_id
     ));
     s
+}
+
+/// One line per zone to try: its price and where the figure comes from.
+pub fn zone_price_lines(plan: &LaunchPlan) -> Vec<String> {
+    plan.zone_quotes
+        .iter()
+        .map(|(z, e)| {
+            let budget = plan
+                .spec
+                .policies
+                .budget_usd
+                .map(|b| {
+                    format!(
+                        "; ${b:.2} buys {}",
+                        cloudrun::billing::format_secs(plan.agent_max_secs_for(z))
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{z}: {}${:.2}/h ({}){budget}",
+                if e.is_complete() { "" } else { "at least " },
+                e.usd_per_hour,
+                e.describe()
+            )
+        })
+        .collect()
 }

@@ -19,10 +19,12 @@ pub mod launch;
 pub mod local;
 pub mod logview;
 pub mod plan;
+pub mod price_table;
 pub mod push;
 pub mod report;
 pub mod runs;
 pub mod settings;
+pub mod near_data;
 pub mod zones;
 
 use std::io::Write;
@@ -36,7 +38,7 @@ use clap::CommandFactory;
 use cloudrun::compute::Compute;
 use cloudrun::compute_rest::{endpoint_from, RestCompute};
 use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
-use cloudrun::prices::PriceTable;
+use cloudrun::prices::{PriceBook, PriceSources};
 use cloudrun::storage::gcs;
 use cloudrun::{Layout, PutOptions, StoreUrl};
 
@@ -280,12 +282,66 @@ fn settings_for(cli: &Cli, ctx: &Context<'_>) -> Settings {
     })
 }
 
-fn prices_for(settings: &Settings) -> Result<PriceTable, Error> {
-    let base = PriceTable::builtin();
-    Ok(match &settings.prices {
-        Some(p) if p.value.is_file() => base.overlay(PriceTable::load(&p.value)?),
-        _ => base,
+/// The user's cache folder for cloudrun (`$XDG_CACHE_HOME/cloudrun`, else
+/// `~/.cache/cloudrun`), from this invocation's environment.
+fn cache_dir(env: &Env) -> Option<PathBuf> {
+    env("XDG_CACHE_HOME")
+        .filter(|d| !d.trim().is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("cloudrun"))
+}
+
+/// The Billing Catalog client for this invocation: the endpoint override when set; else
+/// none when Compute is emulated (an emulated run must not ask Google); else Google's.
+fn catalog_client(
+    env: &Env,
+    tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
+) -> Option<cloudrun::prices::fetch::CatalogClient> {
+    use cloudrun::prices::fetch::{self, CatalogClient};
+    let base = match fetch::endpoint_from(|k| env(k)) {
+        Some(b) => b,
+        None if env(cloudrun::contract::ENV_COMPUTE_ENDPOINT).is_some_and(|v| !v.trim().is_empty()) => {
+            tracing::info!("Compute is emulated and {} is not set: not reading Google's prices", fetch::ENV_BILLING_ENDPOINT);
+            return None;
+        }
+        None => fetch::DEFAULT_BILLING_ENDPOINT.to_string(),
+    };
+    match CatalogClient::new(&base, tokens) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("not reading Google's prices: {e}");
+            None
+        }
+    }
+}
+
+/// The price book: `--prices FILE` over Google's catalog (cached for a week; fetched when
+/// `catalog` is given and the cache is stale or `refresh`) over the built-in estimates.
+/// Every problem on the way but a bad prices file is printed as a warning.
+async fn load_prices(
+    settings: &Settings,
+    ctx: &Context<'_>,
+    catalog: Option<&cloudrun::prices::fetch::CatalogClient>,
+    refresh: bool,
+    now: chrono::DateTime<Utc>,
+) -> Result<cloudrun::prices::Loaded, Error> {
+    let loaded = cloudrun::prices::load(&PriceSources {
+        override_file: settings
+            .prices
+            .as_ref()
+            .map(|p| p.value.as_path())
+            .filter(|p| p.is_file()),
+        cache_file: cache_dir(ctx.env).map(|d| cloudrun::prices::cache::path_in(&d)),
+        catalog,
+        refresh,
+        now,
     })
+    .await?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded)
 }
 
 fn who(env: &Env) -> String {
@@ -306,6 +362,33 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
     let settings = settings_for(&cli, ctx);
     let now = Utc::now();
     match &cli.command {
+        Some(Command::Prices {
+            refresh,
+            gpu,
+            region,
+        }) => {
+            let tokens = match ctx.tokens(&settings).await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!(
+                        "warning: no credentials for Google's prices ({}); showing the cached or built-in figures",
+                        error_chain(&e)
+                    );
+                    None
+                }
+            };
+            let catalog = tokens.and_then(|t| catalog_client(ctx.env, Some(t)));
+            let loaded = load_prices(&settings, ctx, catalog.as_ref(), *refresh, now).await?;
+            let table = price_table::render(
+                &loaded.book,
+                gpu.as_deref(),
+                region.as_deref(),
+                loaded.catalog_fetched_at,
+            )
+            .map_err(|e| Error::Settings(plan::Problems(vec![e.0])))?;
+            write!(out, "{table}")?;
+            Ok(0)
+        }
         Some(Command::Config) => {
             let agent = ctx.default_agent.as_deref();
             let defaults = |k: &str| plan::default_setting(&settings, k, agent);
@@ -539,7 +622,7 @@ async fn launch_local(
 ) -> Result<i32, Error> {
     let args = cli.launch_args();
     let (_, command) = locate_project(cli, ctx);
-    let prices = PriceTable::builtin();
+    let prices = PriceBook::builtin();
     let plan = plan::build_local(
         settings,
         &plan::PlanInputs {
@@ -667,20 +750,27 @@ async fn launch_cmd(
     }
     let args = cli.launch_args();
     let (_, command) = locate_project(cli, ctx);
-    let prices = prices_for(settings)?;
-    let plan = plan::build(
-        settings,
-        &plan::PlanInputs {
-            command: &command,
-            now,
-            prices: &prices,
-            default_agent: ctx.default_agent.clone(),
-            storage_host: (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty()),
-            launched_by: who(ctx.env),
-        },
-    )?;
-    let zone = plan.zones.first().cloned().unwrap_or_default();
+    let storage_host = (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty());
+    let plan_with = |prices: &PriceBook| {
+        plan::build(
+            settings,
+            &plan::PlanInputs {
+                command: &command,
+                now,
+                prices,
+                default_agent: ctx.default_agent.clone(),
+                storage_host: storage_host.clone(),
+                launched_by: who(ctx.env),
+            },
+        )
+    };
+    // Validate everything first, offline; then price with the best source there is.
+    let offline = load_prices(settings, ctx, None, false, now).await?;
+    plan_with(&offline.book)?;
     if args.dry_run {
+        let mut plan = plan_with(&offline.book)?;
+        plan.any_region = args.any_region;
+        let zone = plan.zones.first().cloned().unwrap_or_default();
         let body = body::instance_body(&plan, &zone, &body::family_url(&plan))?;
         writeln!(
             out,
@@ -698,9 +788,19 @@ async fn launch_cmd(
             plan.estimate.describe(),
             plan.project_dir.display(),
         );
+        for line in launch::zone_price_lines(&plan) {
+            eprintln!("  {line}");
+        }
+        if plan.zones_default {
+            eprintln!("  (a launch reads the bucket's location first and tries the zones near the data first)");
+        }
         return Ok(0);
     }
     let tokens = ctx.tokens(settings).await?;
+    let catalog = catalog_client(ctx.env, Some(tokens.clone()));
+    let prices = load_prices(settings, ctx, catalog.as_ref(), false, now).await?;
+    let mut plan = plan_with(&prices.book)?;
+    plan.any_region = args.any_region;
     let deps = launch::Deps {
         storage: ctx.storage(settings, &plan.store).await?,
         compute: ctx.compute(tokens)?,
@@ -710,7 +810,7 @@ async fn launch_cmd(
         }),
     };
     let mut report = |line: String| eprintln!("{line}");
-    let launched = launch::launch(&plan, &deps, now, &mut report).await?;
+    let launched = launch::launch(&plan, &prices.book, &deps, now, &mut report).await?;
     write!(out, "{}", launch::summary(&plan, &launched))?;
     if !args.follow {
         return Ok(0);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use cloudrun::layout::Layout;
-use cloudrun::prices::{Estimate, PriceTable};
+use cloudrun::prices::{Estimate, PriceBook, QuoteRequest};
 use cloudrun::spec::{
     IdlePolicy, JobSpec, Placement, Policies, PriceQuote, Provider, RunSpec, SPEC_SCHEMA,
 };
@@ -98,8 +98,18 @@ pub struct LaunchPlan {
     pub agent: AgentBinary,
     /// The spec without a zone; [`LaunchPlan::spec_for_zone`] fills it per attempt.
     pub spec: RunSpec,
+    /// The price in the first zone to try.
     pub estimate: Estimate,
-    /// `scheduling.maxRunDuration` in seconds.
+    /// The price in each zone to try, in order (each zone's region's figure).
+    pub zone_quotes: Vec<(String, Estimate)>,
+    /// The time limit before the budget is applied, in seconds.
+    pub max_time_secs: u64,
+    /// `--any-region`: zones on another continent than the bucket may be tried.
+    pub any_region: bool,
+    /// Whether the zones are the GPU's defaults (which the launch may reorder to be near
+    /// the data) rather than the user's own list.
+    pub zones_default: bool,
+    /// `scheduling.maxRunDuration` in seconds, in the first zone.
     pub cloud_max_run_secs: u64,
     /// `STORAGE_EMULATOR_HOST` of the launcher, passed to an emulated VM in metadata.
     pub storage_host: Option<String>,
@@ -107,11 +117,43 @@ pub struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// The spec as the VM in `zone` gets it.
+    /// The spec as the VM in `zone` gets it: that zone's price, and the time the budget
+    /// buys at it.
     pub fn spec_for_zone(&self, zone: &str) -> RunSpec {
         let mut s = self.spec.clone();
         s.placement.zone = Some(zone.to_string());
+        s.price = price_quote(self.quote_for_zone(zone));
+        s.policies.max_run_secs = self.agent_max_secs_for(zone);
         s
+    }
+
+    /// The price in `zone` (the first zone's when `zone` was not quoted).
+    pub fn quote_for_zone(&self, zone: &str) -> &Estimate {
+        self.zone_quotes
+            .iter()
+            .find(|(z, _)| z == zone)
+            .map(|(_, e)| e)
+            .unwrap_or(&self.estimate)
+    }
+
+    /// The agent's time limit in `zone`: the time limit, capped by what the budget buys
+    /// at that zone's price.
+    pub fn agent_max_secs_for(&self, zone: &str) -> u64 {
+        let price = self.quote_for_zone(zone).usd_per_hour;
+        match self
+            .spec
+            .policies
+            .budget_usd
+            .and_then(|b| cloudrun::billing::secs_for_budget(b, price))
+        {
+            Some(secs) => self.max_time_secs.min(secs),
+            None => self.max_time_secs,
+        }
+    }
+
+    /// `scheduling.maxRunDuration` for a VM in `zone`, in seconds.
+    pub fn cloud_max_run_secs_for(&self, zone: &str) -> u64 {
+        self.agent_max_secs_for(zone) + CLOUD_DEADLINE_MARGIN_SECS
     }
 
     /// `gs://bucket/<prefix>/agent/<sha>/cloudrun-agent`.
@@ -123,9 +165,29 @@ impl LaunchPlan {
         )
     }
 
-    /// When the cloud deletes the VM at the latest, counted from `from`.
-    pub fn hard_deadline(&self, from: DateTime<Utc>) -> DateTime<Utc> {
-        from + chrono::Duration::seconds(self.cloud_max_run_secs as i64)
+    /// When the cloud deletes a VM in `zone` at the latest, counted from `from`.
+    pub fn hard_deadline(&self, zone: &str, from: DateTime<Utc>) -> DateTime<Utc> {
+        from + chrono::Duration::seconds(self.cloud_max_run_secs_for(zone) as i64)
+    }
+}
+
+/// The price of `h` in `zone`'s region.
+pub fn quote_zone(book: &PriceBook, h: &Hardware, zone: &str, spot: bool) -> Estimate {
+    book.quote(&QuoteRequest {
+        region: cloudrun::prices::region_of(zone),
+        machine_type: &h.machine_type,
+        gpu: Some((h.gpu.accelerator(), h.count)),
+        spot,
+    })
+}
+
+/// The spec's price block for a quote.
+pub fn price_quote(e: &Estimate) -> PriceQuote {
+    PriceQuote {
+        usd_per_hour: e.usd_per_hour,
+        source: e.describe(),
+        estimate: e.estimate,
+        region: Some(e.region.clone()),
     }
 }
 
@@ -135,7 +197,7 @@ pub struct PlanInputs<'a> {
     /// Script and its arguments.
     pub command: &'a [String],
     pub now: DateTime<Utc>,
-    pub prices: &'a PriceTable,
+    pub prices: &'a PriceBook,
     /// Where the agent binary is when no setting names it (beside the launcher).
     pub default_agent: Option<PathBuf>,
     pub storage_host: Option<String>,
@@ -657,6 +719,7 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
         price: PriceQuote {
             usd_per_hour: 0.0,
             source: LOCAL_PRICE_SOURCE.into(),
+            ..PriceQuote::default()
         },
         placement: Placement {
             provider: Provider::Local,
@@ -849,11 +912,18 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         },
     };
 
-    // Price and budget.
-    let estimate = hardware.as_ref().map(|h| {
-        inputs
-            .prices
-            .quote(&h.machine_type, Some((h.gpu.accelerator(), h.count)), spot)
+    // Price and budget: every zone is quoted at its own region's price; the spec a VM
+    // gets carries its zone's figure (and the time the budget buys at it).
+    let zone_quotes: Vec<(String, Estimate)> = match &hardware {
+        Some(h) => zones
+            .iter()
+            .map(|z| (z.clone(), quote_zone(inputs.prices, h, z, spot)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let estimate = hardware.as_ref().map(|h| match zone_quotes.first() {
+        Some((_, e)) => e.clone(),
+        None => quote_zone(inputs.prices, h, "us-central1-a", spot),
     });
     let budget = settings.budget.as_ref().map(|s| s.value);
     let mut agent_max = max_time_secs;
@@ -863,19 +933,28 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
                 "budget {b} is not a positive amount of US dollars: {}",
                 how_to_set("budget", "20")
             ));
-        } else if !e.is_complete() {
+        } else if let Some((zone, e)) = zone_quotes.iter().find(|(_, e)| !e.is_complete()) {
             p.push(format!(
-                "a budget needs a complete price, and the price table has no {}: add it to a prices.toml (--prices FILE)",
+                "a budget needs a complete price, and for {zone} there is no {}: add it to a prices.toml (--prices FILE), or leave that zone out with --zone",
                 e.missing.join(", no ")
             ));
-        } else if let Some(secs) = cloudrun::billing::secs_for_budget(b, e.usd_per_hour) {
-            if secs < MIN_BUDGET_SECS {
+        } else {
+            let cheapest_secs = zone_quotes
+                .iter()
+                .filter_map(|(_, e)| cloudrun::billing::secs_for_budget(b, e.usd_per_hour))
+                .min();
+            if let Some(secs) = cheapest_secs.filter(|s| *s < MIN_BUDGET_SECS) {
                 p.push(format!(
-                    "budget ${b} buys only {secs} s at ${:.2}/h; Compute bills at least a minute",
-                    e.usd_per_hour
+                    "budget ${b} buys only {secs} s at up to ${:.2}/h; Compute bills at least a minute",
+                    zone_quotes
+                        .iter()
+                        .map(|(_, e)| e.usd_per_hour)
+                        .fold(0.0, f64::max)
                 ));
             }
-            agent_max = agent_max.min(secs);
+            if let Some(secs) = cloudrun::billing::secs_for_budget(b, e.usd_per_hour) {
+                agent_max = agent_max.min(secs);
+            }
         }
     }
     let cloud_max_run_secs = agent_max + CLOUD_DEADLINE_MARGIN_SECS;
@@ -936,10 +1015,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             max_run_secs: agent_max,
             ..base_policies
         },
-        price: PriceQuote {
-            usd_per_hour: estimate.usd_per_hour,
-            source: estimate.describe(),
-        },
+        price: price_quote(&estimate),
         placement: Placement {
             provider: Provider::Gce,
             project: Some(project.clone()),
@@ -986,6 +1062,10 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         agent,
         spec,
         estimate,
+        zone_quotes,
+        max_time_secs,
+        any_region: false,
+        zones_default: settings.zones.is_none(),
         cloud_max_run_secs,
         storage_host: inputs.storage_host.clone(),
         project_dir: settings.project_dir.clone(),
@@ -1020,7 +1100,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn inputs<'a>(cmd: &'a [String], prices: &'a PriceTable) -> PlanInputs<'a> {
+    pub(crate) fn inputs<'a>(cmd: &'a [String], prices: &'a PriceBook) -> PlanInputs<'a> {
         PlanInputs {
             command: cmd,
             now: "2026-11-26T07:15:00Z".parse().unwrap(),
@@ -1043,22 +1123,9 @@ pub(crate) mod tests {
                 source: Source::Default,
             },
         );
-        let prices = PriceTable::builtin();
+        // Every GPU has a complete built-in price, so a budget is accepted on an L4.
+        let prices = PriceBook::builtin();
         let cmd = vec!["main.py".to_string(), "--epochs".into(), "5".into()];
-        let plan = build(&st, &inputs(&cmd, &prices)).unwrap_err();
-        // L4's VM part is not in the built-in table, so a budget is refused…
-        assert!(
-            plan.to_string().contains("[machine.g2-standard-8]"),
-            "{plan}"
-        );
-        // …and accepted once the price is complete.
-        let prices = PriceTable::builtin().overlay(
-            PriceTable::from_toml(
-                "[machine.g2-standard-8]\non_demand = 0.30\nspot = 0.12\n",
-                "p.toml",
-            )
-            .unwrap(),
-        );
         let plan = build(&st, &inputs(&cmd, &prices)).unwrap();
         assert!(plan.instance_name.starts_with("trainer-20261126-071500-"));
         assert_eq!(
@@ -1070,10 +1137,24 @@ pub(crate) mod tests {
             plan.zones.first().map(String::as_str),
             Some("us-central1-a")
         );
-        let per_h = 0.56004 + 0.30;
+        // g2-standard-8 (8 vCPU, 32 GiB at G2's us-central1 rates) + one L4.
+        let per_h = 8.0 * 0.024988 + 32.0 * 0.0029274 + 0.56004;
         assert_eq!(
             plan.spec.policies.max_run_secs,
             (2.0 / per_h * 3600.0) as u64
+        );
+        assert!(plan.spec.price.estimate);
+        assert_eq!(plan.spec.price.region.as_deref(), Some("us-central1"));
+        // The VM in europe-west4 gets europe-west4's price and the time $2 buys there.
+        let eu = plan.spec_for_zone("europe-west4-a");
+        let eu_per_h = plan.quote_for_zone("europe-west4-a").usd_per_hour;
+        assert!(eu_per_h > per_h, "{eu_per_h} vs {per_h}");
+        assert!((eu.price.usd_per_hour - eu_per_h).abs() < 1e-12);
+        assert_eq!(eu.price.region.as_deref(), Some("europe-west4"));
+        assert_eq!(eu.policies.max_run_secs, (2.0 / eu_per_h * 3600.0) as u64);
+        assert_eq!(
+            plan.cloud_max_run_secs_for("europe-west4-a"),
+            eu.policies.max_run_secs + CLOUD_DEADLINE_MARGIN_SECS
         );
         assert_eq!(
             plan.cloud_max_run_secs,
@@ -1089,7 +1170,7 @@ pub(crate) mod tests {
             project_dir: dir.path().into(),
             ..Settings::default()
         };
-        let prices = PriceTable::builtin();
+        let prices = PriceBook::builtin();
         let err = build(&st, &inputs(&[], &prices)).unwrap_err();
         let text = err.to_string();
         for needle in [
@@ -1107,7 +1188,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_malformed_setting_is_named() {
-        let prices = PriceTable::builtin();
+        let prices = PriceBook::builtin();
         let cmd = vec!["main.py".to_string()];
         type Mutate = fn(&mut Settings);
         let cases: Vec<(Mutate, &str)> = vec![

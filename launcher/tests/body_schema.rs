@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cloudrun::prices::PriceTable;
+use cloudrun::prices::PriceBook;
 use cloudrun_launch::body::{family_url, instance_body};
 use cloudrun_launch::plan::{build, PlanInputs};
 use cloudrun_launch::settings::{Settings, Source, Sourced};
@@ -58,7 +58,7 @@ fn body(dir: &Path, gpu: &str, spot: bool) -> Value {
         agent_binary: s(dir.join("agent")),
         ..Settings::default()
     };
-    let prices = PriceTable::builtin();
+    let prices = PriceBook::builtin();
     let plan = build(
         &settings,
         &PlanInputs {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudrun::compute_rest::{RestCompute, StaticToken};
-use cloudrun::prices::PriceTable;
+use cloudrun::prices::PriceBook;
 use cloudrun::retry::RetryPolicy;
 use cloudrun::storage::local::LocalStorage;
 use cloudrun::Storage;
@@ -49,7 +49,7 @@ fn plan(dir: &Path, zones: &[(&str, Zone)], family: &str) -> LaunchPlan {
         agent_binary: s(dir.join("agent")),
         ..Settings::default()
     };
-    let prices = PriceTable::builtin();
+    let prices = PriceBook::builtin();
     build(
         &settings,
         &PlanInputs {

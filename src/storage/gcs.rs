@@ -1018,4 +1018,58 @@ impl Storage for GcsStorage {
             Err(e) => Err(e),
         }
     }
+
+    async fn bucket_location(&self) -> Result<Option<crate::prices::BucketPlace>, StorageError> {
+        let url = format!(
+            "{}/b/{}?fields=location,locationType,customPlacementConfig",
+            self.endpoint.json_base, self.bucket
+        );
+        let what = format!("bucket {}", self.bucket);
+        let b: BucketJson = self
+            .retry
+            .run(&format!("get {what}"), |_| async {
+                let rb = self.request(Method::GET, &url).await?;
+                let resp = self.send(&Method::GET, &url, rb).await?;
+                if !resp.status().is_success() {
+                    return Err(Self::error_of(&what, &Method::GET, &url, resp).await);
+                }
+                let body = resp.bytes().await.map_err(|source| StorageError::Transport {
+                    method: "read".into(),
+                    url: crate::http::redact_url(&url),
+                    source,
+                })?;
+                serde_json::from_slice::<BucketJson>(&body).map_err(|e| StorageError::Protocol {
+                    url: crate::http::redact_url(&url),
+                    detail: format!("bucket JSON: {e}"),
+                })
+            })
+            .await?;
+        Ok(Some(crate::prices::BucketPlace {
+            location: b.location.to_ascii_uppercase(),
+            location_type: b.location_type,
+            data_locations: b
+                .custom_placement_config
+                .map(|c| c.data_locations)
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+/// The Bucket resource fields `buckets.get` is asked for.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BucketJson {
+    #[serde(default)]
+    location: String,
+    #[serde(default)]
+    location_type: String,
+    #[serde(default)]
+    custom_placement_config: Option<PlacementJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlacementJson {
+    #[serde(default)]
+    data_locations: Vec<String>,
 }

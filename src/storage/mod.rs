@@ -200,6 +200,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Delete `key`; `Ok(false)` if it was already absent.
     async fn delete(&self, key: &str) -> Result<bool, StorageError>;
 
+    /// Where the bucket keeps its data (`buckets.get`), or `None` for a store that has no
+    /// location (a local directory).
+    async fn bucket_location(&self) -> Result<Option<crate::prices::BucketPlace>, StorageError> {
+        Ok(None)
+    }
+
     /// A whole object in memory, checked against its CRC32C.
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
         let mut s = self.get_stream(key, None).await?;
