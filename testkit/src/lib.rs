@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod billing;
 pub mod gce;
 
 use std::io::{Read, Write};
