@@ -720,6 +720,19 @@ async fn print_status_body(
         if let Some(line) = gpu_wait_line(v, s, now) {
             writeln!(out, "gpu wait {line}")?;
         }
+        if let Some(spec) = v.spec.as_ref().filter(|sp| sp.price.usd_per_hour > 0.0) {
+            writeln!(
+                out,
+                "price    ${:.4}/h ({}){}",
+                spec.price.usd_per_hour,
+                spec.price.source,
+                if spec.price.estimate && s.budget_usd.is_some() {
+                    "; the budget is enforced with this estimate, no margin"
+                } else {
+                    ""
+                }
+            )?;
+        }
         // A sample without readings (no GPU, or nvidia-smi failed) is no "gpu now";
         // the note or the error says why.
         if let Some(g) = s.last_gpu.as_ref().filter(|g| !g.gpus.is_empty()) {
