@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudrun::compute::{Compute, ComputeError};
-use cloudrun::prices::PriceBook;
 use cloudrun::status::{InstanceRef, RunStatus};
 use cloudrun::storage::{PutOptions, Storage, StorageError};
 
@@ -124,7 +123,6 @@ pub async fn upload_agent(storage: &dyn Storage, plan: &LaunchPlan) -> Result<bo
 /// the caller (stdout).
 pub async fn launch(
     plan: &LaunchPlan,
-    book: &PriceBook,
     deps: &Deps,
     now: DateTime<Utc>,
     report: &mut (dyn FnMut(String) + Send),
@@ -191,7 +189,7 @@ pub async fn launch(
     // 3. The zones: near the data first (the bucket's location, read once).
     let zones = match deps.storage.bucket_location().await {
         Ok(Some(bucket)) => {
-            let order = near_data::order(plan, book, &bucket, pushed.total_bytes)?;
+            let order = near_data::order(plan, &bucket, pushed.total_bytes)?;
             report(format!(
                 "data: bucket {} in {} ({})",
                 plan.bucket, bucket.location, bucket.location_type

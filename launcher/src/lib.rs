@@ -810,7 +810,7 @@ async fn launch_cmd(
         }),
     };
     let mut report = |line: String| eprintln!("{line}");
-    let launched = launch::launch(&plan, &prices.book, &deps, now, &mut report).await?;
+    let launched = launch::launch(&plan, &deps, now, &mut report).await?;
     write!(out, "{}", launch::summary(&plan, &launched))?;
     if !args.follow {
         return Ok(0);

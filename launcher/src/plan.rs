@@ -106,6 +106,9 @@ pub struct LaunchPlan {
     pub max_time_secs: u64,
     /// `--any-region`: zones on another continent than the bucket may be tried.
     pub any_region: bool,
+    /// Egress rates for reading the bucket from another region, and their source.
+    pub egress: cloudrun::prices::EgressRates,
+    pub egress_source: String,
     /// Whether the zones are the GPU's defaults (which the launch may reorder to be near
     /// the data) rather than the user's own list.
     pub zones_default: bool,
@@ -1066,6 +1069,8 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         max_time_secs,
         any_region: false,
         zones_default: settings.zones.is_none(),
+        egress: inputs.prices.egress,
+        egress_source: inputs.prices.egress_source.clone(),
         cloud_max_run_secs,
         storage_host: inputs.storage_host.clone(),
         project_dir: settings.project_dir.clone(),

@@ -88,6 +88,24 @@ pub struct EgressRates {
     pub oceania_per_gib: f64,
 }
 
+impl EgressRates {
+    /// US dollars per GiB to read data stored in `bucket` from a VM in `region`: free
+    /// inside the bucket's location (its region, or a multi/dual-region that holds it).
+    pub fn per_gib(&self, bucket: &BucketPlace, region: &str) -> f64 {
+        if bucket.contains(region) {
+            return 0.0;
+        }
+        let (a, b) = (bucket.continent(), continent_of(region));
+        if a == b {
+            self.same_continent_per_gib
+        } else if a == "oceania" || b == "oceania" {
+            self.oceania_per_gib
+        } else {
+            self.inter_continent_per_gib
+        }
+    }
+}
+
 /// One source of figures.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PriceLayer {
@@ -377,24 +395,9 @@ impl PriceBook {
         }
     }
 
-    /// US dollars per GiB to read data stored in `bucket_location` from a VM in `region`,
-    /// and whether it is free (same region, or a multi/dual-region that holds it).
+    /// US dollars per GiB to read data stored in `bucket` from a VM in `region`.
     pub fn egress_per_gib(&self, bucket: &BucketPlace, region: &str) -> f64 {
-        if bucket.contains(region) {
-            return 0.0;
-        }
-        let (a, b) = (continent_of(&bucket.location), continent_of(region));
-        if a == "oceania" || b == "oceania" {
-            if a == b {
-                self.egress.same_continent_per_gib
-            } else {
-                self.egress.oceania_per_gib
-            }
-        } else if a == b {
-            self.egress.same_continent_per_gib
-        } else {
-            self.egress.inter_continent_per_gib
-        }
+        self.egress.per_gib(bucket, region)
     }
 
     /// Every region any layer has figures for.
