@@ -49,6 +49,120 @@ pub struct Receipt {
     /// Seconds the job itself ran.
     #[serde(default)]
     pub job_secs: u64,
+    /// Where the billed seconds and dollars went (absent in receipts from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// Seconds and the dollars they cost.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SplitItem {
+    pub secs: u64,
+    pub usd: f64,
+}
+
+/// The receipt's billed time, by what it paid for. `boot_and_pull`, `setup`, `training`
+/// and `final_sync` add up to the billed seconds (Compute's 1-minute minimum, when it
+/// applies, is counted in `boot_and_pull`); `idle_tail` and `after_last_checkpoint` are
+/// parts of `training` that bought nothing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Split {
+    /// From the agent's start to the code pulled and the GPUs found (the GPU wait).
+    pub boot_and_pull: SplitItem,
+    /// The setup command.
+    pub setup: SplitItem,
+    /// The job, from its start to its exit (the grace period included).
+    pub training: SplitItem,
+    /// After the job: the final sync, the final status and the delete request.
+    pub final_sync: SplitItem,
+    /// For a `gpu_idle` end: the idle window that was paid for before the stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_tail: Option<SplitItem>,
+    /// For a preempted or failed run: training after the last verified checkpoint, work
+    /// that would have to be redone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_last_checkpoint: Option<SplitItem>,
+}
+
+/// The moments a split is cut at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Marks {
+    /// Billing start (the agent's first start).
+    pub started_at: DateTime<Utc>,
+    /// The code was pulled and the GPUs answered (setup or the job starts next).
+    pub pulled_at: Option<DateTime<Utc>>,
+    pub job_started_at: Option<DateTime<Utc>>,
+    /// The job's exit (or the end of its grace period).
+    pub job_ended_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+    /// The last output sync that left the store holding every output file, verified.
+    pub last_verified_outputs_at: Option<DateTime<Utc>>,
+    /// The idle window, when the run ended for an idle GPU.
+    pub idle_window_secs: Option<u64>,
+    /// Whether the run was preempted or failed (its unsaved work is lost).
+    pub lost_work: bool,
+}
+
+fn whole_secs(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    ((to - from).num_milliseconds().max(0) as f64 / 1000.0).round() as u64
+}
+
+impl Split {
+    /// Cut `billed` seconds at `m`'s moments, at `usd_per_hour`.
+    pub fn compute(m: &Marks, billed: u64, usd_per_hour: f64) -> Split {
+        let end = m.ended_at;
+        let clamp = |t: Option<DateTime<Utc>>, lo: DateTime<Utc>| t.map_or(lo, |t| t.clamp(lo, end));
+        let pulled = clamp(m.pulled_at.or(m.job_started_at), m.started_at);
+        let job_start = clamp(m.job_started_at, pulled);
+        let job_end = match m.job_started_at {
+            Some(_) => clamp(m.job_ended_at, job_start),
+            None => job_start,
+        };
+        let item = |secs: u64| SplitItem {
+            secs,
+            usd: cost_usd(secs, usd_per_hour),
+        };
+        let setup = whole_secs(pulled, job_start);
+        let training = whole_secs(job_start, job_end);
+        let final_sync = whole_secs(job_end, end);
+        let boot = billed.saturating_sub(setup + training + final_sync);
+        let idle_tail = m
+            .idle_window_secs
+            .filter(|_| training > 0)
+            .map(|w| item(w.min(training)));
+        let after_last_checkpoint = (m.lost_work && training > 0).then(|| {
+            let saved = clamp(m.last_verified_outputs_at, job_start).min(job_end);
+            item(whole_secs(saved, job_end))
+        });
+        Split {
+            boot_and_pull: item(boot),
+            setup: item(setup),
+            training: item(training),
+            final_sync: item(final_sync),
+            idle_tail,
+            after_last_checkpoint,
+        }
+    }
+
+    /// One line per part, for `status` and `--follow`.
+    pub fn lines(&self) -> Vec<String> {
+        let l = |name: &str, i: &SplitItem| {
+            format!("{name:<22} {:>12}  ${:.2}", format_secs(i.secs), i.usd)
+        };
+        let mut out = vec![
+            l("boot and pull", &self.boot_and_pull),
+            l("setup", &self.setup),
+            l("training", &self.training),
+            l("final sync", &self.final_sync),
+        ];
+        if let Some(i) = &self.idle_tail {
+            out.push(l("  of it idle (wasted)", i));
+        }
+        if let Some(i) = &self.after_last_checkpoint {
+            out.push(l("  since last checkpoint", i));
+        }
+        out
+    }
 }
 
 impl Receipt {
@@ -70,6 +184,7 @@ impl Receipt {
             total_usd: cost_usd(billed, usd_per_hour),
             setup_secs,
             job_secs,
+            split: None,
         }
     }
 
@@ -131,5 +246,57 @@ mod tests {
         assert!((r.total_usd - 0.06).abs() < 1e-12);
         assert_eq!(r.summary(), "billed 1m 00s at $3.60/h = $0.06");
         assert_eq!(format_secs(3725), "1h 02m 05s");
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        format!("2026-11-26T07:{s}Z").parse().unwrap()
+    }
+
+    #[test]
+    fn the_split_adds_up_to_the_billed_time_and_names_the_waste() {
+        let m = Marks {
+            started_at: t("00:00"),
+            pulled_at: Some(t("00:40")),
+            job_started_at: Some(t("01:10")),
+            job_ended_at: Some(t("21:10")),
+            ended_at: t("21:40"),
+            last_verified_outputs_at: Some(t("18:10")),
+            idle_window_secs: None,
+            lost_work: true,
+        };
+        let r = Receipt::new(m.started_at, m.ended_at, 3.6, 70, 1230);
+        let s = Split::compute(&m, r.billed_secs, 3.6);
+        assert_eq!(
+            (s.boot_and_pull.secs, s.setup.secs, s.training.secs, s.final_sync.secs),
+            (40, 30, 1200, 30)
+        );
+        assert_eq!(s.boot_and_pull.secs + s.setup.secs + s.training.secs + s.final_sync.secs, r.billed_secs);
+        assert!((s.training.usd - 1.2).abs() < 1e-12);
+        // Preempted 3 minutes after the last verified checkpoint.
+        assert_eq!(s.after_last_checkpoint.map(|i| i.secs), Some(180));
+        assert_eq!(s.idle_tail, None);
+        let idle = Split::compute(
+            &Marks {
+                idle_window_secs: Some(600),
+                lost_work: false,
+                ..m
+            },
+            r.billed_secs,
+            3.6,
+        );
+        assert_eq!(idle.idle_tail.map(|i| i.secs), Some(600));
+        assert_eq!(idle.after_last_checkpoint, None);
+        assert!(idle.lines().iter().any(|l| l.contains("idle (wasted)")));
+        // A 20-second run that never started its job: the minimum is boot.
+        let short = Marks {
+            ended_at: t("00:20"),
+            pulled_at: None,
+            job_started_at: None,
+            job_ended_at: None,
+            ..m
+        };
+        let s = Split::compute(&short, 60, 3.6);
+        assert_eq!((s.boot_and_pull.secs, s.training.secs, s.final_sync.secs), (40, 0, 20));
+        assert_eq!(s.after_last_checkpoint, None);
     }
 }

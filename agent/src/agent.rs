@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cloudrun::billing::Receipt;
+use cloudrun::billing::{Marks, Receipt, Split};
 use cloudrun::compute::{wait_until_done, Compute};
 use cloudrun::retry::{Retry, RetryPolicy, Retryable};
 use cloudrun::spec::RunSpec;
@@ -318,6 +318,10 @@ struct Agent {
     gpu_wait: Option<(gpu_wait::Wait, oneshot::Sender<(String, bool)>)>,
     /// Once the GPUs have answered: warns when some go missing mid-run.
     gpu_loss: Option<LossWatch>,
+    /// When the code was pulled (the receipt's split starts setup there).
+    pulled_at: Option<DateTime<Utc>>,
+    /// The last output sync that left every output file verified in the store.
+    last_verified_outputs_at: Option<DateTime<Utc>>,
 }
 
 impl Agent {
@@ -433,6 +437,8 @@ impl Agent {
             last_gpu_state: None,
             gpu_wait: None,
             gpu_loss: None,
+            pulled_at: None,
+            last_verified_outputs_at: None,
         };
         agent.save_state();
         agent.start_watchers();
@@ -651,6 +657,9 @@ impl Agent {
             Event::Outputs(pass) => {
                 for m in &pass.skipped {
                     self.note_warning(m);
+                }
+                if pass.complete {
+                    self.last_verified_outputs_at = Some(self.deps.clock.now());
                 }
                 if pass.changed {
                     self.policies.observe_activity(self.deps.clock.now());
@@ -913,7 +922,10 @@ impl Agent {
             Ok(p) => p,
         };
         match pulled {
-            Ok(summary) => self.note(&format!("code pulled: {summary}")),
+            Ok(summary) => {
+                self.pulled_at = Some(self.deps.clock.now());
+                self.note(&format!("code pulled: {summary}"))
+            }
             Err(e) => return (end_info(EndReason::PullFailed, e), None),
         }
         let dir = job_dir(&self.settings, &self.spec);
@@ -1051,6 +1063,7 @@ impl Agent {
                 end.signal = exit.signal;
             }
         }
+        let job_ended_at = self.deps.clock.now();
         self.watchers.cancel();
         self.outputs_stop.cancel();
         if let Some(t) = self.tails.take() {
@@ -1144,13 +1157,35 @@ impl Agent {
             .status
             .job_started_at
             .map_or(0, |s| secs_between(s, now).max(0.0) as u64);
-        let receipt = Receipt::new(
+        let mut receipt = Receipt::new(
             self.state.agent_started_at,
             now,
             self.spec.price.usd_per_hour,
             self.setup_secs,
             job_secs,
         );
+        // The wait for the GPUs (after the pull) is billed as boot: boot ends when they
+        // answered, or at the end of the job's time when they never did.
+        let boot_done = match (self.status.gpu_wait_started_at, self.status.gpu_ready_at) {
+            (_, Some(ready)) => Some(self.pulled_at.map_or(ready, |p| p.max(ready))),
+            (Some(_), None) => Some(job_ended_at),
+            (None, None) => self.pulled_at,
+        };
+        receipt.split = Some(Split::compute(
+            &Marks {
+                started_at: self.state.agent_started_at,
+                pulled_at: boot_done,
+                job_started_at: self.status.job_started_at,
+                job_ended_at: Some(job_ended_at),
+                ended_at: now,
+                last_verified_outputs_at: self.last_verified_outputs_at,
+                idle_window_secs: (end.reason == EndReason::GpuIdle)
+                    .then_some(self.spec.policies.gpu_idle.window_secs),
+                lost_work: matches!(end.reason, EndReason::Preempted | EndReason::Failed),
+            },
+            receipt.billed_secs,
+            self.spec.price.usd_per_hour,
+        ));
         tracing::info!("receipt: {}", receipt.summary());
         self.status.phase = Phase::Ended;
         self.status.updated_at = now;

@@ -499,6 +499,11 @@ async fn idle_gpu_for_window_stops_job_and_deletes_vm() {
     rig.assert_deleted_once_after_final_sync();
     let st = rig.status().await;
     assert!(st.last_gpu.is_some());
+    // The receipt names the idle window that was paid for.
+    let split = st.receipt.as_ref().and_then(|r| r.split.clone()).unwrap();
+    let idle = split.idle_tail.expect("an idle tail for a gpu_idle end");
+    assert_eq!(idle.secs, 2.min(split.training.secs), "{split:?}");
+    assert!(split.after_last_checkpoint.is_none(), "{split:?}");
     let metrics = rig
         .storage
         .list("runs/20261126-071500-ab12/metrics/")
@@ -622,6 +627,11 @@ async fn preemption_sends_sigterm_at_once_syncs_and_deletes() {
         .unwrap()
         .is_some());
     rig.assert_deleted_once_after_final_sync();
+    // A preempted run's receipt says how much training was not checkpointed.
+    let split = rig.status().await.receipt.and_then(|r| r.split).unwrap();
+    let lost = split.after_last_checkpoint.expect("lost work for a preempted run");
+    assert!(lost.secs <= split.training.secs, "{split:?}");
+    assert!(split.idle_tail.is_none(), "{split:?}");
 }
 
 #[tokio::test]

@@ -607,6 +607,9 @@ async fn follow_run(
     };
     if let Some(r) = end.as_ref().and_then(|s| s.receipt.as_ref()) {
         writeln!(out, "receipt: {}", runs::receipt_line(local, r))?;
+        for line in r.split.iter().flat_map(|sp| sp.lines()) {
+            writeln!(out, "  {line}")?;
+        }
     }
     Ok((code, end))
 }

@@ -769,6 +769,9 @@ async fn print_status_body(
         }
         if let Some(r) = &s.receipt {
             writeln!(out, "receipt  {}", receipt_line(v.is_local(), r))?;
+            for line in r.split.iter().flat_map(|sp| sp.lines()) {
+                writeln!(out, "         {line}")?;
+            }
         }
         for w in &s.warnings {
             writeln!(out, "warning  {w}")?;

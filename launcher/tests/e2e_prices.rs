@@ -88,9 +88,21 @@ fn l4_spot_budget_run_that_fails_over_is_priced_and_billed_at_the_second_regions
         "{st}"
     );
 
+    // The split adds up to the billed time; a job that succeeded lost no work.
+    let sp = &r["split"];
+    let part = |k: &str| sp[k]["secs"].as_u64().unwrap();
+    assert_eq!(
+        part("boot_and_pull") + part("setup") + part("training") + part("final_sync"),
+        r["billed_secs"].as_u64().unwrap(),
+        "{st}"
+    );
+    assert!(part("training") >= 2, "{st}");
+    assert!(sp.get("after_last_checkpoint").is_none() && sp.get("idle_tail").is_none(), "{st}");
+
     let status = w.run(&["status", &run]);
     let s = text(&status);
     assert!(s.contains("price    $0.3685/h (europe-west4, Cloud Billing Catalog"), "{s}");
+    assert!(s.contains("training") && s.contains("final sync"), "{s}");
 }
 
 #[test]
