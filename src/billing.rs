@@ -111,7 +111,8 @@ impl Split {
     /// Cut `billed` seconds at `m`'s moments, at `usd_per_hour`.
     pub fn compute(m: &Marks, billed: u64, usd_per_hour: f64) -> Split {
         let end = m.ended_at;
-        let clamp = |t: Option<DateTime<Utc>>, lo: DateTime<Utc>| t.map_or(lo, |t| t.clamp(lo, end));
+        let clamp =
+            |t: Option<DateTime<Utc>>, lo: DateTime<Utc>| t.map_or(lo, |t| t.clamp(lo, end));
         let pulled = clamp(m.pulled_at.or(m.job_started_at), m.started_at);
         let job_start = clamp(m.job_started_at, pulled);
         let job_end = match m.job_started_at {
@@ -267,10 +268,18 @@ mod tests {
         let r = Receipt::new(m.started_at, m.ended_at, 3.6, 70, 1230);
         let s = Split::compute(&m, r.billed_secs, 3.6);
         assert_eq!(
-            (s.boot_and_pull.secs, s.setup.secs, s.training.secs, s.final_sync.secs),
+            (
+                s.boot_and_pull.secs,
+                s.setup.secs,
+                s.training.secs,
+                s.final_sync.secs
+            ),
             (40, 30, 1200, 30)
         );
-        assert_eq!(s.boot_and_pull.secs + s.setup.secs + s.training.secs + s.final_sync.secs, r.billed_secs);
+        assert_eq!(
+            s.boot_and_pull.secs + s.setup.secs + s.training.secs + s.final_sync.secs,
+            r.billed_secs
+        );
         assert!((s.training.usd - 1.2).abs() < 1e-12);
         // Preempted 3 minutes after the last verified checkpoint.
         assert_eq!(s.after_last_checkpoint.map(|i| i.secs), Some(180));
@@ -296,7 +305,10 @@ mod tests {
             ..m
         };
         let s = Split::compute(&short, 60, 3.6);
-        assert_eq!((s.boot_and_pull.secs, s.training.secs, s.final_sync.secs), (40, 0, 20));
+        assert_eq!(
+            (s.boot_and_pull.secs, s.training.secs, s.final_sync.secs),
+            (40, 0, 20)
+        );
         assert_eq!(s.after_last_checkpoint, None);
     }
 }

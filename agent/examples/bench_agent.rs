@@ -187,6 +187,7 @@ fn main() {
         price: PriceQuote {
             usd_per_hour: 3.6,
             source: "benchmark".into(),
+            ..PriceQuote::default()
         },
         placement: Placement {
             provider: Provider::Local,

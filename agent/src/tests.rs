@@ -629,7 +629,9 @@ async fn preemption_sends_sigterm_at_once_syncs_and_deletes() {
     rig.assert_deleted_once_after_final_sync();
     // A preempted run's receipt says how much training was not checkpointed.
     let split = rig.status().await.receipt.and_then(|r| r.split).unwrap();
-    let lost = split.after_last_checkpoint.expect("lost work for a preempted run");
+    let lost = split
+        .after_last_checkpoint
+        .expect("lost work for a preempted run");
     assert!(lost.secs <= split.training.secs, "{split:?}");
     assert!(split.idle_tail.is_none(), "{split:?}");
 }

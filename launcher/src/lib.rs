@@ -301,8 +301,13 @@ fn catalog_client(
     use cloudrun::prices::fetch::{self, CatalogClient};
     let base = match fetch::endpoint_from(|k| env(k)) {
         Some(b) => b,
-        None if env(cloudrun::contract::ENV_COMPUTE_ENDPOINT).is_some_and(|v| !v.trim().is_empty()) => {
-            tracing::info!("Compute is emulated and {} is not set: not reading Google's prices", fetch::ENV_BILLING_ENDPOINT);
+        None if env(cloudrun::contract::ENV_COMPUTE_ENDPOINT)
+            .is_some_and(|v| !v.trim().is_empty()) =>
+        {
+            tracing::info!(
+                "Compute is emulated and {} is not set: not reading Google's prices",
+                fetch::ENV_BILLING_ENDPOINT
+            );
             return None;
         }
         None => fetch::DEFAULT_BILLING_ENDPOINT.to_string(),

@@ -33,16 +33,15 @@ pub struct NoNearZone {
 
 /// The egress cost of reading `bytes` from `bucket` into `zone`.
 pub fn egress_usd(plan: &LaunchPlan, bucket: &BucketPlace, zone: &str, bytes: u64) -> f64 {
-    plan.egress.per_gib(bucket, cloudrun::prices::region_of(zone)) * bytes as f64 / BYTES_PER_GIB
+    plan.egress
+        .per_gib(bucket, cloudrun::prices::region_of(zone))
+        * bytes as f64
+        / BYTES_PER_GIB
 }
 
 /// Order the plan's zones near `bucket`. `bytes` is the size of the project's code and
 /// data (the manifest), for the egress estimate.
-pub fn order(
-    plan: &LaunchPlan,
-    bucket: &BucketPlace,
-    bytes: u64,
-) -> Result<ZoneOrder, NoNearZone> {
+pub fn order(plan: &LaunchPlan, bucket: &BucketPlace, bytes: u64) -> Result<ZoneOrder, NoNearZone> {
     let continent = bucket.continent();
     let mut keyed: Vec<(u8, f64, usize, String)> = plan
         .zones
@@ -133,14 +132,26 @@ mod tests {
         let o = order(&plan, &place("US-CENTRAL1", "region"), 1 << 30).unwrap();
         assert_eq!(
             o.zones[..4],
-            ["us-central1-a", "us-central1-b", "us-central1-c", "us-east4-a"]
+            [
+                "us-central1-a",
+                "us-central1-b",
+                "us-central1-c",
+                "us-east4-a"
+            ]
         );
         // us-east4's L4 and G2 figures are below us-east1's and us-west1's.
-        assert!(o.zones.iter().position(|z| z == "us-east4-a") < o.zones.iter().position(|z| z == "us-east1-b"));
+        assert!(
+            o.zones.iter().position(|z| z == "us-east4-a")
+                < o.zones.iter().position(|z| z == "us-east1-b")
+        );
         assert_eq!(o.far, ["europe-west4-a"]);
         assert!(!o.lines[0].contains("egress"), "{}", o.lines[0]);
         // 1 GiB from us-central1 into us-east4: the same-continent rate.
-        assert!(o.lines[3].contains("about $0.02 in egress"), "{}", o.lines[3]);
+        assert!(
+            o.lines[3].contains("about $0.02 in egress"),
+            "{}",
+            o.lines[3]
+        );
     }
 
     #[test]
@@ -155,7 +166,11 @@ mod tests {
         assert_eq!(o.zones.first().map(String::as_str), Some("europe-west4-a"));
         assert_eq!(o.zones.len(), 9);
         // 10 GiB across the Atlantic at $0.08/GiB.
-        assert!(o.lines[1].contains("about $0.80 in egress"), "{}", o.lines[1]);
+        assert!(
+            o.lines[1].contains("about $0.80 in egress"),
+            "{}",
+            o.lines[1]
+        );
     }
 
     #[test]

@@ -92,7 +92,9 @@ pub fn render(
     if rows == 0 {
         out.push_str("(no source has a price for that; add one with --prices FILE)\n");
     }
-    out.push_str("\nUS dollars per hour for the whole VM (GPUs, vCPUs, memory; disk not included).\n");
+    out.push_str(
+        "\nUS dollars per hour for the whole VM (GPUs, vCPUs, memory; disk not included).\n",
+    );
     match catalog_fetched_at {
         Some(t) => out.push_str(&format!(
             "Google's Cloud Billing Catalog, fetched {} (refreshed after a week; `--refresh` now). Spot prices can change daily.\n",
@@ -120,8 +122,19 @@ mod tests {
 
     #[test]
     fn the_builtin_table_lists_every_l4_shape_with_estimates_marked() {
-        let t = render(&PriceBook::builtin(), Some("l4"), Some("us-central1-b"), None).unwrap();
-        for mt in ["g2-standard-8", "g2-standard-24", "g2-standard-48", "g2-standard-96"] {
+        let t = render(
+            &PriceBook::builtin(),
+            Some("l4"),
+            Some("us-central1-b"),
+            None,
+        )
+        .unwrap();
+        for mt in [
+            "g2-standard-8",
+            "g2-standard-24",
+            "g2-standard-48",
+            "g2-standard-96",
+        ] {
             assert!(t.contains(mt), "{t}");
         }
         // g2-standard-8 + 1 L4 in us-central1: 0.29358 + 0.56004.

@@ -216,7 +216,12 @@ mod tests {
             ),
             (
                 "nvidia-tesla-v100",
-                &["n1-standard-8", "n1-standard-16", "n1-standard-32", "n1-standard-64"],
+                &[
+                    "n1-standard-8",
+                    "n1-standard-16",
+                    "n1-standard-32",
+                    "n1-standard-64",
+                ],
                 &["us-central1", "us-west1", "europe-west4"],
             ),
             (
@@ -226,23 +231,56 @@ mod tests {
             ),
             (
                 "nvidia-l4",
-                &["g2-standard-8", "g2-standard-24", "g2-standard-48", "g2-standard-96"],
-                &["us-central1", "us-east1", "us-east4", "us-west1", "europe-west4"],
+                &[
+                    "g2-standard-8",
+                    "g2-standard-24",
+                    "g2-standard-48",
+                    "g2-standard-96",
+                ],
+                &[
+                    "us-central1",
+                    "us-east1",
+                    "us-east4",
+                    "us-west1",
+                    "europe-west4",
+                ],
             ),
             (
                 "nvidia-tesla-a100",
-                &["a2-highgpu-1g", "a2-highgpu-2g", "a2-highgpu-4g", "a2-highgpu-8g", "a2-megagpu-16g"],
+                &[
+                    "a2-highgpu-1g",
+                    "a2-highgpu-2g",
+                    "a2-highgpu-4g",
+                    "a2-highgpu-8g",
+                    "a2-megagpu-16g",
+                ],
                 &["us-central1", "us-east1", "us-west1", "europe-west4"],
             ),
             (
                 "nvidia-a100-80gb",
-                &["a2-ultragpu-1g", "a2-ultragpu-2g", "a2-ultragpu-4g", "a2-ultragpu-8g"],
+                &[
+                    "a2-ultragpu-1g",
+                    "a2-ultragpu-2g",
+                    "a2-ultragpu-4g",
+                    "a2-ultragpu-8g",
+                ],
                 &["us-central1", "us-east4", "us-east5", "europe-west4"],
             ),
             (
                 "nvidia-h100-80gb",
-                &["a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g", "a3-highgpu-8g"],
-                &["us-central1", "us-east4", "us-east5", "us-west1", "europe-west4"],
+                &[
+                    "a3-highgpu-1g",
+                    "a3-highgpu-2g",
+                    "a3-highgpu-4g",
+                    "a3-highgpu-8g",
+                ],
+                &[
+                    "us-central1",
+                    "us-east4",
+                    "us-east5",
+                    "us-west1",
+                    "europe-west4",
+                ],
             ),
         ];
         let book = PriceBook::builtin();
@@ -256,7 +294,10 @@ mod tests {
                             gpu: Some((accel, 1)),
                             spot,
                         });
-                        assert!(e.is_complete() && e.usd_per_hour > 0.0, "{accel} {mt} {region} {spot}: {e:?}");
+                        assert!(
+                            e.is_complete() && e.usd_per_hour > 0.0,
+                            "{accel} {mt} {region} {spot}: {e:?}"
+                        );
                         assert!(e.estimate);
                     }
                 }

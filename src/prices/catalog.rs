@@ -241,10 +241,12 @@ fn unit_price(sku: &Sku, item: &Item) -> Result<f64, String> {
             tier.unit_price.currency_code
         ));
     }
-    let p = tier
-        .unit_price
-        .amount()
-        .ok_or_else(|| format!("{who} has units {:?}, not an integer", tier.unit_price.units))?;
+    let p = tier.unit_price.amount().ok_or_else(|| {
+        format!(
+            "{who} has units {:?}, not an integer",
+            tier.unit_price.units
+        )
+    })?;
     if !(p.is_finite() && p >= 0.0) {
         return Err(format!("{who} has a price of {p}"));
     }
@@ -331,11 +333,23 @@ mod tests {
             Some((Item::Gpu("nvidia-l4"), false))
         );
         assert_eq!(
-            on("Nvidia L4 GPU attached to Spot Preemptible VMs running in Virginia", "GPU"),
+            on(
+                "Nvidia L4 GPU attached to Spot Preemptible VMs running in Virginia",
+                "GPU"
+            ),
             Some((Item::Gpu("nvidia-l4"), true))
         );
-        assert_eq!(on("Nvidia L4 GPU Virtual Workstation running in Americas", "GPU"), None);
-        assert_eq!(on("Nvidia H100 80GB Mega GPU running in Americas", "GPU"), None);
+        assert_eq!(
+            on(
+                "Nvidia L4 GPU Virtual Workstation running in Americas",
+                "GPU"
+            ),
+            None
+        );
+        assert_eq!(
+            on("Nvidia H100 80GB Mega GPU running in Americas", "GPU"),
+            None
+        );
         assert_eq!(
             on("Nvidia Tesla A100 80GB GPU running in Americas", "GPU"),
             Some((Item::Gpu("nvidia-a100-80gb"), false))
@@ -345,22 +359,56 @@ mod tests {
             Some((Item::Vcpu("g2"), true))
         );
         assert_eq!(
-            on("N1 Predefined Instance Ram running in Americas", "N1Standard"),
+            on(
+                "N1 Predefined Instance Ram running in Americas",
+                "N1Standard"
+            ),
             Some((Item::Ram("n1"), false))
         );
-        assert_eq!(on("Commitment v1: A2 Cpu in Americas for 1 Year", "CPU"), None);
+        assert_eq!(
+            on("Commitment v1: A2 Cpu in Americas for 1 Year", "CPU"),
+            None
+        );
         assert_eq!(on("Custom Instance Core running in Americas", "CPU"), None);
         assert_eq!(on("A2 Instance Core running in Americas", "GPU"), None);
-        let c1 = classify(&sku("A2 Instance Core running in Americas", "CPU", "Commit1Yr", "h", "0", 1));
+        let c1 = classify(&sku(
+            "A2 Instance Core running in Americas",
+            "CPU",
+            "Commit1Yr",
+            "h",
+            "0",
+            1,
+        ));
         assert_eq!(c1, None);
     }
 
     #[test]
     fn units_and_nanos_make_the_price_and_bad_skus_are_noted() {
-        let good = sku("Nvidia Tesla A100 GPU running in Americas", "GPU", "OnDemand", "h", "2", 933_908_000);
-        let mut no_price = sku("Nvidia L4 GPU running in Americas", "GPU", "OnDemand", "h", "0", 1);
+        let good = sku(
+            "Nvidia Tesla A100 GPU running in Americas",
+            "GPU",
+            "OnDemand",
+            "h",
+            "2",
+            933_908_000,
+        );
+        let mut no_price = sku(
+            "Nvidia L4 GPU running in Americas",
+            "GPU",
+            "OnDemand",
+            "h",
+            "0",
+            1,
+        );
         no_price.pricing_info.clear();
-        let wrong_unit = sku("G2 Instance Ram running in Iowa", "RAM", "OnDemand", "h", "0", 1);
+        let wrong_unit = sku(
+            "G2 Instance Ram running in Iowa",
+            "RAM",
+            "OnDemand",
+            "h",
+            "0",
+            1,
+        );
         let (layer, notes) = layer_from_skus(&[good, no_price, wrong_unit], Utc::now());
         let r = &layer.regions["us-central1"];
         assert!((r.gpu["nvidia-tesla-a100"].on_demand.unwrap() - 2.933908).abs() < 1e-12);

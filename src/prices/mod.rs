@@ -259,7 +259,9 @@ const N1_GIB_PER_VCPU: &[(&str, f64)] = &[("standard", 3.75), ("highmem", 6.5), 
 /// (`n1-standard-8`, `n1-highmem-16`, …).
 pub fn shape(machine_type: &str) -> Option<Shape> {
     if let Some((_, v, g)) = SHAPES.iter().find(|(m, _, _)| *m == machine_type) {
-        let family = SHAPES_FAMILY.iter().find(|f| machine_type.starts_with(*f))?;
+        let family = SHAPES_FAMILY
+            .iter()
+            .find(|f| machine_type.starts_with(*f))?;
         return Some(Shape {
             family,
             vcpus: *v,
@@ -627,9 +629,7 @@ pub async fn load(src: &PriceSources<'_>) -> Result<Loaded, PricesError> {
                     } else {
                         "using the built-in estimates"
                     };
-                    warnings.push(format!(
-                        "could not read Google's prices ({e}); {fallback}"
-                    ));
+                    warnings.push(format!("could not read Google's prices ({e}); {fallback}"));
                     catalog = cached;
                 }
             }
@@ -655,7 +655,12 @@ pub async fn load(src: &PriceSources<'_>) -> Result<Loaded, PricesError> {
 mod tests {
     use super::*;
 
-    fn q<'a>(region: &'a str, mt: &'a str, gpu: Option<(&'a str, u32)>, spot: bool) -> QuoteRequest<'a> {
+    fn q<'a>(
+        region: &'a str,
+        mt: &'a str,
+        gpu: Option<(&'a str, u32)>,
+        spot: bool,
+    ) -> QuoteRequest<'a> {
         QuoteRequest {
             region,
             machine_type: mt,
@@ -667,11 +672,21 @@ mod tests {
     #[test]
     fn builtin_a2_quote_adds_gpu_and_family_parts() {
         let b = PriceBook::builtin();
-        let e = b.quote(&q("us-central1", "a2-highgpu-1g", Some(("nvidia-tesla-a100", 1)), false));
+        let e = b.quote(&q(
+            "us-central1",
+            "a2-highgpu-1g",
+            Some(("nvidia-tesla-a100", 1)),
+            false,
+        ));
         assert!(e.is_complete() && e.estimate, "{e:?}");
         // The catalog's a2-highgpu-1g VM part (0.73948) + one A100 (2.93391).
         assert!((e.usd_per_hour - (0.73948 + 2.93391)).abs() < 1e-9, "{e:?}");
-        let spot = b.quote(&q("us-central1", "a2-highgpu-1g", Some(("nvidia-tesla-a100", 1)), true));
+        let spot = b.quote(&q(
+            "us-central1",
+            "a2-highgpu-1g",
+            Some(("nvidia-tesla-a100", 1)),
+            true,
+        ));
         assert!(spot.usd_per_hour < e.usd_per_hour);
         assert!(e.describe().contains("estimate"), "{}", e.describe());
     }
@@ -693,11 +708,25 @@ mod tests {
 
     #[test]
     fn a_missing_part_is_named_not_guessed() {
-        let e = PriceBook::builtin().quote(&q("us-central1", "n1-ultramem-40", Some(("nvidia-tesla-t4", 2)), false));
+        let e = PriceBook::builtin().quote(&q(
+            "us-central1",
+            "n1-ultramem-40",
+            Some(("nvidia-tesla-t4", 2)),
+            false,
+        ));
         assert!(!e.is_complete());
         assert!((e.usd_per_hour - 0.70).abs() < 1e-9);
-        assert!(e.describe().contains("[machine.n1-ultramem-40]"), "{}", e.describe());
-        let e = PriceBook::builtin().quote(&q("mars-north1", "g2-standard-8", Some(("nvidia-l4", 1)), false));
+        assert!(
+            e.describe().contains("[machine.n1-ultramem-40]"),
+            "{}",
+            e.describe()
+        );
+        let e = PriceBook::builtin().quote(&q(
+            "mars-north1",
+            "g2-standard-8",
+            Some(("nvidia-l4", 1)),
+            false,
+        ));
         assert_eq!(e.missing.len(), 2, "{e:?}");
         assert_eq!(e.usd_per_hour, 0.0);
     }
@@ -710,21 +739,40 @@ mod tests {
         )
         .unwrap();
         let b = PriceBook::builtin().with_front(over);
-        let e = b.quote(&q("europe-west4", "n1-ultramem-40", Some(("nvidia-tesla-t4", 1)), true));
+        let e = b.quote(&q(
+            "europe-west4",
+            "n1-ultramem-40",
+            Some(("nvidia-tesla-t4", 1)),
+            true,
+        ));
         assert!(e.is_complete());
         assert!((e.usd_per_hour - 1.71).abs() < 1e-9);
         // Only Spot was overridden for the T4: on-demand comes from the built-in table.
-        let od = b.quote(&q("europe-west4", "n1-ultramem-40", Some(("nvidia-tesla-t4", 1)), false));
+        let od = b.quote(&q(
+            "europe-west4",
+            "n1-ultramem-40",
+            Some(("nvidia-tesla-t4", 1)),
+            false,
+        ));
         assert!((od.usd_per_hour - (5.3 + 0.3675)).abs() < 1e-9);
         assert!(od.estimate);
-        assert!(od.source.starts_with("prices.toml (taken 2026-11-01) + built-in"), "{}", od.source);
+        assert!(
+            od.source
+                .starts_with("prices.toml (taken 2026-11-01) + built-in"),
+            "{}",
+            od.source
+        );
         assert!(!e.estimate, "{e:?}");
     }
 
     #[test]
     fn a_bad_prices_toml_says_what_is_wrong() {
         let err = layer_from_toml("[gpu.x]\nondemand = 1", "p.toml").unwrap_err();
-        assert!(err.to_string().contains("p.toml is not a valid prices.toml"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("p.toml is not a valid prices.toml"),
+            "{err}"
+        );
         let err = layer_from_toml("[gpu.x]\non_demand = -1.0", "p.toml").unwrap_err();
         assert!(err.to_string().contains("gpu.x"), "{err}");
     }
@@ -751,8 +799,14 @@ mod tests {
         assert!(r.contains("us-central1") && !r.contains("us-east1"));
         let b = PriceBook::builtin();
         assert_eq!(b.egress_per_gib(&r, "us-central1"), 0.0);
-        assert_eq!(b.egress_per_gib(&r, "us-east1"), b.egress.same_continent_per_gib);
-        assert_eq!(b.egress_per_gib(&r, "europe-west4"), b.egress.inter_continent_per_gib);
+        assert_eq!(
+            b.egress_per_gib(&r, "us-east1"),
+            b.egress.same_continent_per_gib
+        );
+        assert_eq!(
+            b.egress_per_gib(&r, "europe-west4"),
+            b.egress.inter_continent_per_gib
+        );
         assert_eq!(continent_of("EU"), "europe");
         assert_eq!(continent_of("northamerica-northeast1"), "north-america");
     }

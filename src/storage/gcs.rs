@@ -1033,11 +1033,14 @@ impl Storage for GcsStorage {
                 if !resp.status().is_success() {
                     return Err(Self::error_of(&what, &Method::GET, &url, resp).await);
                 }
-                let body = resp.bytes().await.map_err(|source| StorageError::Transport {
-                    method: "read".into(),
-                    url: crate::http::redact_url(&url),
-                    source,
-                })?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|source| StorageError::Transport {
+                        method: "read".into(),
+                        url: crate::http::redact_url(&url),
+                        source,
+                    })?;
                 serde_json::from_slice::<BucketJson>(&body).map_err(|e| StorageError::Protocol {
                     url: crate::http::redact_url(&url),
                     detail: format!("bucket JSON: {e}"),

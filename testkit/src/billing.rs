@@ -31,7 +31,10 @@ pub fn compute_skus_fixture() -> PathBuf {
 pub fn compute_skus() -> Vec<Value> {
     let text = std::fs::read_to_string(compute_skus_fixture()).expect("read the SKU fixture");
     let v: Value = serde_json::from_str(&text).expect("the SKU fixture is JSON");
-    v["skus"].as_array().cloned().expect("skus[] in the fixture")
+    v["skus"]
+        .as_array()
+        .cloned()
+        .expect("skus[] in the fixture")
 }
 
 /// What the emulator does wrong, on purpose.
@@ -79,7 +82,9 @@ impl BillingEmulator {
     /// Serve `skus` (use [`compute_skus`] for the fixture) in pages of `page_size`.
     pub fn start(skus: Vec<Value>, page_size: usize) -> BillingEmulator {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the billing port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let port = listener.local_addr().expect("local addr").port();
         let st = Arc::new(Mutex::new(St {
             skus,
