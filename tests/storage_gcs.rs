@@ -537,3 +537,29 @@ async fn a_file_that_no_longer_matches_its_checksum_leaves_no_object() {
         );
     }
 }
+
+#[tokio::test]
+async fn bucket_location_comes_from_buckets_get_on_both_emulators() {
+    let fake = FakeGcs::start();
+    fake.create_bucket("locbkt");
+    let p = store(&fake.host(), "locbkt")
+        .bucket_location()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!p.location.is_empty(), "{p:?}");
+    assert_eq!(p.location, p.location.to_ascii_uppercase());
+    let strict = StrictGcs::start();
+    strict.create_bucket("locbkt");
+    let p = store(&strict.host(), "locbkt")
+        .bucket_location()
+        .await
+        .unwrap();
+    assert!(p.is_some(), "{p:?}");
+    // A bucket that does not exist is an error that names it, not a location.
+    let err = store(&fake.host(), "nosuchbkt")
+        .bucket_location()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nosuchbkt"), "{err}");
+}
