@@ -331,6 +331,21 @@ async fn load_prices(
     refresh: bool,
     now: chrono::DateTime<Utc>,
 ) -> Result<cloudrun::prices::Loaded, Error> {
+    let loaded = load_prices_quietly(settings, ctx, catalog, refresh, now).await?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded)
+}
+
+/// [`load_prices`] without printing its warnings.
+async fn load_prices_quietly(
+    settings: &Settings,
+    ctx: &Context<'_>,
+    catalog: Option<&cloudrun::prices::fetch::CatalogClient>,
+    refresh: bool,
+    now: chrono::DateTime<Utc>,
+) -> Result<cloudrun::prices::Loaded, Error> {
     let loaded = cloudrun::prices::load(&PriceSources {
         override_file: settings
             .prices
@@ -343,9 +358,6 @@ async fn load_prices(
         now,
     })
     .await?;
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
-    }
     Ok(loaded)
 }
 
@@ -773,7 +785,11 @@ async fn launch_cmd(
         )
     };
     // Validate everything first, offline; then price with the best source there is.
-    let offline = load_prices(settings, ctx, None, false, now).await?;
+    let offline = if args.dry_run {
+        load_prices(settings, ctx, None, false, now).await?
+    } else {
+        load_prices_quietly(settings, ctx, None, false, now).await?
+    };
     plan_with(&offline.book)?;
     if args.dry_run {
         let mut plan = plan_with(&offline.book)?;
