@@ -17,8 +17,8 @@ use cloudrun::storage::{PutOptions, Storage, StorageError};
 
 use crate::body;
 use crate::failover::{self, FailoverError, Placed, OPERATION_DEADLINE_SECS};
-use crate::plan::LaunchPlan;
 use crate::near_data;
+use crate::plan::LaunchPlan;
 
 /// What the code push produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,13 +18,13 @@ pub mod gpu;
 pub mod launch;
 pub mod local;
 pub mod logview;
+pub mod near_data;
 pub mod plan;
 pub mod price_table;
 pub mod push;
 pub mod report;
 pub mod runs;
 pub mod settings;
-pub mod near_data;
 pub mod zones;
 
 use std::io::Write;
