@@ -68,7 +68,7 @@ pub fn spec_from(b: &Backend, id: &RunId, from: &Path) -> String {
     serde_json::json!({
         "schema": cloudrun::spec::SPEC_SCHEMA,
         "run_id": id.as_str(),
-        "created_at": "2026-11-26T07:00:00Z",
+        "created_at": created_at_of(id),
         "store": b.gcs_dir,
         "job": {"command": ["python3", "main.py"]},
         "price": {"usd_per_hour": 3.6, "source": "test"},
@@ -79,6 +79,31 @@ pub fn spec_from(b: &Backend, id: &RunId, from: &Path) -> String {
     })
     .to_string()
 }
+
+/// When a test run was created: its id's second, or for the ids of
+/// [`same_second_runs`] the moments within that second that make the smaller suffix the
+/// newer run.
+fn created_at_of(id: &RunId) -> String {
+    let s = id.as_str();
+    let frac = match s {
+        SAME_SECOND_OLDER => ".100",
+        SAME_SECOND_NEWER => ".900",
+        _ => "",
+    };
+    format!(
+        "{}-{}-{}T{}:{}:{}{frac}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
+/// Two runs started in the same second, the later one with the smaller random suffix.
+const SAME_SECOND_OLDER: &str = "20261126-090000-ffff";
+const SAME_SECOND_NEWER: &str = "20261126-090000-0001";
 
 /// One run per phase, launched from the project folder `from`; each has logs, metrics
 /// and an output file.
@@ -361,6 +386,27 @@ pub async fn latest_is_the_newest_run_of_this_project_folder(b: &Backend, dir: &
             && err.contains(newer.as_str())
             && err.contains("-C DIR"),
         "{err}"
+    );
+    // Two launches of project A in one second: the random suffix does not decide which
+    // is `latest`, the spec's `created_at` does.
+    let (first, second) = (
+        RunId::parse(SAME_SECOND_OLDER).unwrap(),
+        RunId::parse(SAME_SECOND_NEWER).unwrap(),
+    );
+    for id in [&first, &second] {
+        let mut s = RunStatus::launching(id.clone(), Utc::now(), 1.0);
+        s.phase = Phase::Running;
+        put(st, &l.status(id), s.to_json()).await;
+        put(st, &l.spec(id), spec_from(b, id, &a)).await;
+    }
+    let (_, out) = b.invoker(&a).cmd(&["stop", "latest"]).await;
+    assert!(
+        out.contains(&format!("asked run {second} to stop")),
+        "{out}"
+    );
+    assert!(
+        st.head(&l.stop_request(&first)).await.unwrap().is_none(),
+        "stop latest chose the older of two runs started in one second"
     );
 }
 
