@@ -928,6 +928,17 @@ impl Storage for GcsStorage {
         if crc.is_none() {
             crc = self.head(key).await?.and_then(|m| m.crc32c);
         }
+        if crc.is_none() {
+            // GCS records a CRC32C for every object; a download that cannot be checked
+            // against it is refused rather than trusted.
+            return Err(StorageError::Integrity {
+                key: key.into(),
+                detail: format!(
+                    "{} reports no CRC32C for this object, so the download cannot be checked",
+                    self.describe()
+                ),
+            });
+        }
         Ok(verify_stream(key.to_string(), stream, crc, stored_len))
     }
 
