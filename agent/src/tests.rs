@@ -469,6 +469,28 @@ async fn a_delete_that_ends_the_agent_still_leaves_the_request_and_its_operation
 }
 
 #[tokio::test]
+async fn the_final_status_records_when_each_phase_began_for_the_report() {
+    let rig = Rig::new();
+    let mut spec = rig.spec("echo working");
+    spec.job.setup = Some("echo setting up".into());
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = rig.status().await;
+    let at = |name: &str| {
+        *st.phase_started_at
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", st.phase_started_at))
+    };
+    let sync = st.final_sync_started_at.expect("final_sync_started_at");
+    assert!(st.agent_started_at.unwrap() <= at("pulling"));
+    assert!(at("pulling") <= at("setup") && at("setup") <= at("running"));
+    assert!(st.job_started_at.unwrap() <= at("running"));
+    assert!(at("running") <= at("stopping") && at("stopping") <= sync);
+    assert!(sync <= at("ended"));
+    assert_eq!(Some(at("ended")), st.ended_at);
+}
+
+#[tokio::test]
 async fn a_failing_job_reports_its_exit_code_and_a_local_run_just_exits() {
     let mut rig = Rig::new();
     rig.vm = false;
