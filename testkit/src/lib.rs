@@ -220,6 +220,13 @@ impl FakeGcs {
         create_bucket(self.port, name);
     }
 
+    /// The file holding an object's bytes in the filesystem backend
+    /// (`<root>/<bucket>/<name>`), to damage it behind the server's back: its recorded
+    /// CRC32C (kept beside the bytes, not in them) stays as it was.
+    pub fn object_file(&self, bucket: &str, name: &str) -> PathBuf {
+        self.root.join(bucket).join(name)
+    }
+
     /// Kill the server (the port goes dark; data stays on disk).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
