@@ -211,14 +211,20 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// SVG plot of a run's GPU utilisation and cumulative cost
-    #[command(after_help = "Example:\n  cloudrun-launch report latest --out run.svg")]
+    /// SVG or PNG plot of a run: GPU utilisation, cost billed and the run's phases
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch report latest --out run.svg\n  cloudrun-launch report latest --format png"
+    )]
     Report {
         /// A run id, or `latest` (the newest run of this project folder)
         run: String,
-        /// Output file (default: cloudrun-report-RUN.svg in the current directory)
+        /// Output file; a .png name writes a PNG (default: cloudrun-report-RUN.svg, or
+        /// .png with --format png, in the current directory)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// svg or png (default: from the --out file's extension, else svg)
+        #[arg(long, value_enum)]
+        format: Option<crate::report::Format>,
     },
     /// Print the resolved settings and where each came from
     #[command(after_help = "Example:\n  cloudrun-launch config")]

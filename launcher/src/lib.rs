@@ -73,6 +73,8 @@ pub enum Error {
     Pull(String),
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -436,7 +438,12 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             runs::sweep(&store, compute.as_ref(), &project, *yes, now, out).await?;
             Ok(0)
         }
-        Some(Command::Report { run, out: file }) => {
+        Some(Command::Report {
+            run,
+            out: file,
+            format,
+        }) => {
+            let format = report::Format::choose(*format, file.as_deref())?;
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run, &settings.project_dir).await?;
             let view = store.load(&id).await?;
@@ -446,17 +453,22 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
                 .map(|s| s.usd_per_hour)
                 .or(view.spec.as_ref().map(|s| s.price.usd_per_hour))
                 .unwrap_or(0.0);
-            let start = status.and_then(|s| s.agent_started_at);
-            let svg = report::svg(
-                &format!("cloudrun run {id} ({})", view.gpu()),
-                &samples,
-                start,
-                price,
-            );
-            let path = file
-                .clone()
-                .unwrap_or_else(|| ctx.cwd.join(format!("cloudrun-report-{id}.svg")));
-            std::fs::write(&path, svg)?;
+            let gpu = view.gpu();
+            let bytes = report::render(
+                &report::Report {
+                    run_id: id.to_string(),
+                    gpu: (gpu != "-").then_some(gpu),
+                    status,
+                    samples: &samples,
+                    usd_per_hour: price,
+                },
+                format,
+            )?;
+            let path = file.clone().unwrap_or_else(|| {
+                ctx.cwd
+                    .join(format!("cloudrun-report-{id}.{}", format.extension()))
+            });
+            std::fs::write(&path, bytes)?;
             writeln!(out, "{}", path.display())?;
             Ok(0)
         }
