@@ -315,9 +315,7 @@ impl RunStatus {
     /// again, after an agent restart, keeps its first time).
     pub fn enter_phase(&mut self, phase: Phase, now: DateTime<Utc>) {
         self.phase = phase;
-        self.phase_started_at
-            .entry(phase.name())
-            .or_insert(now);
+        self.phase_started_at.entry(phase.name()).or_insert(now);
     }
 
     /// Parse a status of any schema; unknown fields land in `extra`.
@@ -424,9 +422,7 @@ mod tests {
     #[test]
     fn entering_a_phase_records_its_first_time_under_its_status_name() {
         let mut s = sample();
-        let t = |m: u32| -> DateTime<Utc> {
-            format!("2026-11-26T07:{m:02}:00Z").parse().unwrap()
-        };
+        let t = |m: u32| -> DateTime<Utc> { format!("2026-11-26T07:{m:02}:00Z").parse().unwrap() };
         s.enter_phase(Phase::Pulling, t(16));
         s.enter_phase(Phase::Running, t(18));
         s.enter_phase(Phase::Running, t(30)); // again, after a restart

@@ -183,7 +183,9 @@ pub fn timeline(status: Option<&RunStatus>, samples: &[GpuSample]) -> Timeline {
                 marks.push((*at, name.clone()));
             }
         }
-        if let Some(at) = s.job_started_at.or_else(|| s.phase_started_at.get("running").copied())
+        if let Some(at) = s
+            .job_started_at
+            .or_else(|| s.phase_started_at.get("running").copied())
         {
             marks.push((at, "running".into()));
         }
@@ -310,8 +312,8 @@ pub fn render(r: &Report, format: Format) -> Result<Vec<u8>, ReportError> {
         Format::Svg => {
             let mut text = String::new();
             {
-                let root = SVGBackend::with_string(&mut text, (WIDTH_PX, HEIGHT_PX))
-                    .into_drawing_area();
+                let root =
+                    SVGBackend::with_string(&mut text, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
                 draw(&root, r)?;
                 root.present().map_err(draw_err)?;
             }
@@ -320,8 +322,8 @@ pub fn render(r: &Report, format: Format) -> Result<Vec<u8>, ReportError> {
         Format::Png => {
             let mut rgb = vec![0u8; (WIDTH_PX * HEIGHT_PX * 3) as usize];
             {
-                let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH_PX, HEIGHT_PX))
-                    .into_drawing_area();
+                let root =
+                    BitMapBackend::with_buffer(&mut rgb, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
                 draw(&root, r)?;
                 root.present().map_err(draw_err)?;
             }
@@ -604,7 +606,11 @@ mod tests {
     /// An ended run with the full timeline: pull 0–20 s, setup 20–60 s, training
     /// 60–600 s, stopping 600–605 s, final sync 605–615 s.
     fn ended(usd_per_hour: f64) -> RunStatus {
-        let mut s = RunStatus::launching(RunId::parse("20261126-070000-0006").unwrap(), t(-30), usd_per_hour);
+        let mut s = RunStatus::launching(
+            RunId::parse("20261126-070000-0006").unwrap(),
+            t(-30),
+            usd_per_hour,
+        );
         s.agent_started_at = Some(t(0));
         s.enter_phase(Phase::Pulling, t(0));
         s.enter_phase(Phase::Setup, t(20));
@@ -621,11 +627,21 @@ mod tests {
             signal: None,
             message: String::new(),
         });
-        s.receipt = Some(cloudrun::billing::Receipt::new(t(0), t(615), usd_per_hour, 60, 540));
+        s.receipt = Some(cloudrun::billing::Receipt::new(
+            t(0),
+            t(615),
+            usd_per_hour,
+            60,
+            540,
+        ));
         s
     }
 
-    fn report<'a>(status: Option<&'a RunStatus>, samples: &'a [GpuSample], price: f64) -> Report<'a> {
+    fn report<'a>(
+        status: Option<&'a RunStatus>,
+        samples: &'a [GpuSample],
+        price: f64,
+    ) -> Report<'a> {
         Report {
             run_id: "20261126-070000-0006".into(),
             gpu: Some("1×l4 spot".into()),
@@ -653,9 +669,17 @@ mod tests {
     /// The y coordinate of the `<text>` element holding exactly `needle`.
     fn text_y(svg: &str, needle: &str) -> f64 {
         for t in svg.split("<text").skip(1) {
-            let Some((attrs, rest)) = t.split_once('>') else { continue };
+            let Some((attrs, rest)) = t.split_once('>') else {
+                continue;
+            };
             if rest.split_once("</text>").map(|x| x.0.trim()) == Some(needle) {
-                let y = attrs.split("y=\"").nth(1).unwrap().split('"').next().unwrap();
+                let y = attrs
+                    .split("y=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
                 return y.parse().unwrap();
             }
         }
@@ -668,8 +692,11 @@ mod tests {
         let tl = timeline(Some(&s), &[]);
         assert_eq!(tl.start, t(0));
         assert_eq!(tl.span_s, 615.0);
-        let got: Vec<(&str, f64, f64)> =
-            tl.bands.iter().map(|b| (b.label.as_str(), b.from_s, b.to_s)).collect();
+        let got: Vec<(&str, f64, f64)> = tl
+            .bands
+            .iter()
+            .map(|b| (b.label.as_str(), b.from_s, b.to_s))
+            .collect();
         assert_eq!(
             got,
             [
@@ -717,10 +744,14 @@ mod tests {
             assert!(all.iter().any(|t| t == phase), "{phase}: {all:?}");
         }
         assert!(all.iter().any(|t| t == "training"), "band label: {all:?}");
-        assert!(all.iter().any(|t| t.contains("billed 10m 15s at $3.60/h = $0.61")), "{all:?}");
+        assert!(
+            all.iter()
+                .any(|t| t.contains("billed 10m 15s at $3.60/h = $0.61")),
+            "{all:?}"
+        );
         // The utilisation line breaks at the unknown sample: two polylines in its colour.
-        let util = out.matches("stroke=\"#1F77B4\"").count()
-            + out.matches("stroke=\"#1f77b4\"").count();
+        let util =
+            out.matches("stroke=\"#1F77B4\"").count() + out.matches("stroke=\"#1f77b4\"").count();
         assert!(util >= 2, "{out}");
     }
 
@@ -731,7 +762,10 @@ mod tests {
         s.ended_at = Some(t(120));
         s.updated_at = t(120);
         let out = svg(&report(Some(&s), &[sample(30, Some(50.0))], 0.30));
-        let labels: Vec<String> = texts(&out).into_iter().filter(|t| t.starts_with('$')).collect();
+        let labels: Vec<String> = texts(&out)
+            .into_iter()
+            .filter(|t| t.starts_with('$'))
+            .collect();
         assert!(labels.len() >= 3, "{labels:?}");
         let mut unique = labels.clone();
         unique.sort();
@@ -754,7 +788,8 @@ mod tests {
         s.gpu_note = Some("no GPU found: idle policy off".into());
         let all = texts(&svg(&report(Some(&s), &[], 3.6)));
         assert!(
-            all.iter().any(|t| t == "no GPU samples: no GPU found: idle policy off"),
+            all.iter()
+                .any(|t| t == "no GPU samples: no GPU found: idle policy off"),
             "{all:?}"
         );
         // The phases are still drawn.
@@ -774,20 +809,36 @@ mod tests {
     #[test]
     fn png_is_a_png_of_the_same_size() {
         let s = ended(3.6);
-        let png = render(&report(Some(&s), &[sample(60, Some(50.0))], 3.6), Format::Png).unwrap();
+        let png = render(
+            &report(Some(&s), &[sample(60, Some(50.0))], 3.6),
+            Format::Png,
+        )
+        .unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let dec = png::Decoder::new(std::io::Cursor::new(&png));
         let reader = dec.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (WIDTH_PX, HEIGHT_PX));
+        assert_eq!(
+            (reader.info().width, reader.info().height),
+            (WIDTH_PX, HEIGHT_PX)
+        );
     }
 
     #[test]
     fn the_format_comes_from_the_flag_or_the_file_name() {
         use std::path::Path;
         assert_eq!(Format::choose(None, None).unwrap(), Format::Svg);
-        assert_eq!(Format::choose(None, Some(Path::new("r.PNG"))).unwrap(), Format::Png);
-        assert_eq!(Format::choose(Some(Format::Png), None).unwrap(), Format::Png);
-        assert_eq!(Format::choose(Some(Format::Svg), Some(Path::new("plot"))).unwrap(), Format::Svg);
+        assert_eq!(
+            Format::choose(None, Some(Path::new("r.PNG"))).unwrap(),
+            Format::Png
+        );
+        assert_eq!(
+            Format::choose(Some(Format::Png), None).unwrap(),
+            Format::Png
+        );
+        assert_eq!(
+            Format::choose(Some(Format::Svg), Some(Path::new("plot"))).unwrap(),
+            Format::Svg
+        );
         let e = Format::choose(None, Some(Path::new("r.jpg"))).unwrap_err();
         assert!(e.to_string().contains(".svg or .png"), "{e}");
         let e = Format::choose(Some(Format::Png), Some(Path::new("r.svg"))).unwrap_err();

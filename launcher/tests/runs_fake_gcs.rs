@@ -59,7 +59,11 @@ async fn pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file() {
         &dir.path().join("proj"),
         |key, bytes| {
             let file = gcs.object_file("cloudrun-runs", key);
-            assert!(file.is_file(), "{} is not where the object is", file.display());
+            assert!(
+                file.is_file(),
+                "{} is not where the object is",
+                file.display()
+            );
             std::fs::write(file, bytes).unwrap();
         },
     )

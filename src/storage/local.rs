@@ -225,20 +225,21 @@ impl LocalStorage {
         key: &str,
     ) -> Result<(std::fs::File, std::fs::Metadata, Option<Sidecar>), StorageError> {
         let path = self.path_of(key)?;
-        let open = || -> Result<(std::fs::File, std::fs::Metadata, Option<Sidecar>), StorageError> {
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StorageError::NotFound { key: key.into() })
+        let open =
+            || -> Result<(std::fs::File, std::fs::Metadata, Option<Sidecar>), StorageError> {
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::NotFound { key: key.into() })
+                    }
+                    Err(e) => return Err(StorageError::io(&path, e)),
+                };
+                let st = file.metadata().map_err(|e| StorageError::io(&path, e))?;
+                if !st.is_file() {
+                    return Err(StorageError::NotFound { key: key.into() });
                 }
-                Err(e) => return Err(StorageError::io(&path, e)),
+                Ok((file, st, self.read_sidecar(key)))
             };
-            let st = file.metadata().map_err(|e| StorageError::io(&path, e))?;
-            if !st.is_file() {
-                return Err(StorageError::NotFound { key: key.into() });
-            }
-            Ok((file, st, self.read_sidecar(key)))
-        };
         let first = open()?;
         if first.2.as_ref().is_none_or(|s| s.describes(&first.1)) {
             return Ok(first);
@@ -742,7 +743,10 @@ mod tests {
         let err = s.get_to_file(key, &dest).await.unwrap_err();
         assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
         assert_eq!(std::fs::read(&dest).unwrap(), b"older weights");
-        assert_eq!(std::fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+            1
+        );
 
         // Grown (the recorded prefix intact) is damage too, not a truncated success.
         change_behind_the_stores_back(&s, key, b"good weights and more");
@@ -794,9 +798,13 @@ mod tests {
         const REWRITES: usize = 300;
         let (_d, s) = store();
         let versions: [&[u8]; 3] = [b"v1", b"version two", b"v3 is the longest of them all"];
-        s.put_bytes("status.json", Bytes::from_static(versions[0]), &PutOptions::default())
-            .await
-            .unwrap();
+        s.put_bytes(
+            "status.json",
+            Bytes::from_static(versions[0]),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (s, done) = (s.clone(), done.clone());

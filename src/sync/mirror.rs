@@ -844,7 +844,7 @@ mod tests {
             .unwrap();
         let out = d.path().join("pulled");
         write(&out, "model.pt", b"weights v1"); // an older local copy
-        // The stored output changes after it was mirrored; its record still says v2.
+                                                // The stored output changes after it was mirrored; its record still says v2.
         let stored = store.inner.root().join(format!("{PREFIX}model.pt"));
         std::fs::write(&stored, b"weights XX").unwrap();
 

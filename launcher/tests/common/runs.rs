@@ -293,7 +293,10 @@ pub async fn pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file(
         std::fs::read_to_string(proj.join("checkpoint/epoch2.pt")).unwrap(),
         "older"
     );
-    assert_eq!(std::fs::read_dir(proj.join("checkpoint")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(proj.join("checkpoint")).unwrap().count(),
+        1
+    );
 }
 
 /// Pulled files get the mode the user's umask gives a new file, not 0600.
@@ -367,8 +370,13 @@ pub async fn report_writes_an_svg(b: &Backend, dir: &Path) {
         .invoker(dir)
         .cmd(&["report", "20261126-070000-0006", "--format", "png"])
         .await;
-    assert!(out.contains("cloudrun-report-20261126-070000-0006.png"), "{out}");
-    assert!(dir.join("cloudrun-report-20261126-070000-0006.png").is_file());
+    assert!(
+        out.contains("cloudrun-report-20261126-070000-0006.png"),
+        "{out}"
+    );
+    assert!(dir
+        .join("cloudrun-report-20261126-070000-0006.png")
+        .is_file());
     let err = b
         .invoker(dir)
         .try_cmd(&["report", "latest", "--out", "r.jpg"])
