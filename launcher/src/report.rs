@@ -29,8 +29,8 @@ const HEIGHT_PX: u32 = 500;
 const TITLE_PX: u32 = 52;
 /// Height of the legend row between the title and the plot.
 const LEGEND_PX: u32 = 26;
-/// Shortest time axis drawn, in seconds (a run is billed at least this long anyway).
-const MIN_SPAN_SECS: f64 = 60.0;
+/// Shortest time axis drawn, in seconds (so that a run of a few seconds still has ticks).
+const MIN_SPAN_SECS: f64 = 10.0;
 /// Points along the cumulative cost line.
 const COST_POINTS: usize = 200;
 /// Most labels on the cost axis.
@@ -240,6 +240,17 @@ fn short_elapsed(s: f64) -> String {
     }
 }
 
+/// A phase's or run's length for people: tenths under 10 s ("0.4s"), else as receipts
+/// write it ("9m 00s").
+fn duration(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 10.0 {
+        format!("{secs:.1}s")
+    } else {
+        format_secs(secs.round() as u64)
+    }
+}
+
 /// Decimals for the cost axis, so that no two labels read the same (a cent is too coarse
 /// for a cheap minute): enough for a tenth of the axis.
 fn cost_decimals(max_usd: f64) -> usize {
@@ -267,7 +278,10 @@ fn summary(r: &Report) -> String {
     }];
     match &s.receipt {
         Some(rc) if rc.usd_per_hour > 0.0 => parts.push(rc.summary()),
-        Some(rc) => parts.push(format!("{} run, no charge", format_secs(rc.billed_secs))),
+        Some(rc) => parts.push(format!(
+            "ran {}, no charge",
+            duration(secs_between(rc.started_at, rc.ended_at))
+        )),
         None if r.usd_per_hour > 0.0 => parts.push(format!("${:.2} so far", s.cost_usd)),
         None => {}
     }
@@ -398,11 +412,7 @@ where
         let colour = band_colour(&b.label);
         entries.push((
             Swatch::Block(colour),
-            format!(
-                "{} {}",
-                b.label,
-                format_secs((b.to_s - b.from_s).round() as u64)
-            ),
+            format!("{} {}", b.label, duration(b.to_s - b.from_s)),
         ));
     }
     let mut x = 16i32;
@@ -779,7 +789,14 @@ mod tests {
         let out = svg(&report(Some(&s), &[sample(60, Some(50.0))], 0.0));
         let all = texts(&out);
         assert!(!all.iter().any(|t| t.starts_with('$')), "{all:?}");
-        assert!(all.iter().any(|t| t.contains("no charge")), "{all:?}");
+        assert!(
+            all.iter().any(|t| t.contains("no charge ($0/h)")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|t| t.ends_with("ran 10m 15s, no charge")),
+            "the run's length, not a billed minute: {all:?}"
+        );
     }
 
     #[test]
@@ -847,6 +864,9 @@ mod tests {
 
     #[test]
     fn elapsed_labels_and_cost_decimals() {
+        assert_eq!(duration(0.04), "0.0s");
+        assert_eq!(duration(3.46), "3.5s");
+        assert_eq!(duration(540.0), "9m 00s");
         assert_eq!(short_elapsed(0.0), "0");
         assert_eq!(short_elapsed(45.0), "45s");
         assert_eq!(short_elapsed(300.0), "5m");
