@@ -109,8 +109,16 @@ impl LocalStorage {
             return Ok(None);
         };
         if side.as_ref().is_some_and(|s| !s.describes(&st)) {
-            let _shared = self.lock(FlockArg::LockShared)?;
-            return self.meta_unlocked(key);
+            // Looked at again under the lock; any hashing happens after it is released,
+            // so a damaged large file does not hold up every writer of the store.
+            let again = {
+                let _shared = self.lock(FlockArg::LockShared)?;
+                self.snapshot(key, &path)?
+            };
+            return match again {
+                Some((st, side)) => self.meta_of(key, &path, &st, side).map(Some),
+                None => Ok(None),
+            };
         }
         self.meta_of(key, &path, &st, side).map(Some)
     }
