@@ -48,6 +48,8 @@ const COST_COLOUR: RGBColor = RGBColor(214, 39, 40);
 const GREY: RGBColor = RGBColor(90, 90, 90);
 /// Opacity of the phase bands behind the lines.
 const BAND_ALPHA: f64 = 0.14;
+/// Opacity of the least-to-most-busy GPU range behind the mean.
+const RANGE_ALPHA: f64 = 0.18;
 
 /// Why a report could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +358,30 @@ pub fn render(r: &Report, format: Format) -> Result<Vec<u8>, ReportError> {
     }
 }
 
+/// One known sample on the utilisation line: when, and the mean, least and most busy
+/// GPU, in %.
+struct Point {
+    at_s: f64,
+    mean: f64,
+    min: f64,
+    max: f64,
+}
+
+fn util_point(s: &GpuSample, start: DateTime<Utc>) -> Option<Point> {
+    let mean = mean_util(s)?;
+    let known = s.gpus.iter().filter_map(|g| g.util_gpu_pct);
+    let (min, max) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), u| {
+        (lo.min(u), hi.max(u))
+    });
+    let pct = |u: f64| u.clamp(0.0, 100.0);
+    Some(Point {
+        at_s: secs_between(start, s.at),
+        mean: pct(mean),
+        min: pct(min),
+        max: pct(max),
+    })
+}
+
 /// A legend entry: a line (a series) or a block (a phase), and its text.
 enum Swatch {
     Line(RGBColor),
@@ -368,23 +394,6 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(draw_err)?;
-    let (head, rest) = root.split_vertically(TITLE_PX);
-    let (legend, body) = rest.split_vertically(LEGEND_PX);
-
-    // Title block.
-    let title = match &r.gpu {
-        Some(g) => format!("cloudrun run {} · {g}", r.run_id),
-        None => format!("cloudrun run {}", r.run_id),
-    };
-    head.draw(&Text::new(title, (16, 8), font(TITLE_FONT_PX)))
-        .map_err(draw_err)?;
-    head.draw(&Text::new(
-        summary(r),
-        (16, 32),
-        font(TEXT_FONT_PX).color(&GREY),
-    ))
-    .map_err(draw_err)?;
-
     let tl = timeline(r.status, r.samples);
     let charged = r.usd_per_hour > 0.0;
     let max_cost = cost_at(tl.span_s, r.usd_per_hour);
@@ -395,7 +404,7 @@ where
     let mut entries = vec![(
         Swatch::Line(UTIL_COLOUR),
         if gpus > 1 {
-            format!("GPU utilisation (mean of {gpus})")
+            format!("GPU utilisation, mean of {gpus} (shaded: least to most busy)")
         } else {
             "GPU utilisation".to_string()
         },
@@ -415,9 +424,40 @@ where
             format!("{} {}", b.label, duration(b.to_s - b.from_s)),
         ));
     }
-    let mut x = 16i32;
-    let y = (LEGEND_PX / 2) as i32;
+    // Laid out in as many rows as the entries need, so none runs off the edge.
+    let mut placed = Vec::with_capacity(entries.len());
+    let (mut x, mut row) = (16i32, 0i32);
     for (swatch, text) in entries {
+        let (w, _) = root
+            .estimate_text_size(&text, &font(TEXT_FONT_PX))
+            .map_err(draw_err)?;
+        let width = 24 + w as i32;
+        if x > 16 && x + width > WIDTH_PX as i32 - 16 {
+            (x, row) = (16, row + 1);
+        }
+        placed.push((swatch, text, x, row));
+        x += width + 18;
+    }
+    let legend_px = LEGEND_PX * (row as u32 + 1);
+    let (head, rest) = root.split_vertically(TITLE_PX);
+    let (legend, body) = rest.split_vertically(legend_px);
+
+    // Title block.
+    let title = match &r.gpu {
+        Some(g) => format!("cloudrun run {} · {g}", r.run_id),
+        None => format!("cloudrun run {}", r.run_id),
+    };
+    head.draw(&Text::new(title, (16, 8), font(TITLE_FONT_PX)))
+        .map_err(draw_err)?;
+    head.draw(&Text::new(
+        summary(r),
+        (16, 32),
+        font(TEXT_FONT_PX).color(&GREY),
+    ))
+    .map_err(draw_err)?;
+
+    for (swatch, text, x, row) in placed {
+        let y = row * LEGEND_PX as i32 + (LEGEND_PX / 2) as i32;
         match swatch {
             Swatch::Line(c) => legend
                 .draw(&PathElement::new(
@@ -435,12 +475,8 @@ where
         }
         let style = font(TEXT_FONT_PX).pos(Pos::new(HPos::Left, VPos::Center));
         legend
-            .draw(&Text::new(text.clone(), (x + 24, y), style))
+            .draw(&Text::new(text, (x + 24, y), style))
             .map_err(draw_err)?;
-        let (w, _) = legend
-            .estimate_text_size(&text, &font(TEXT_FONT_PX))
-            .map_err(draw_err)?;
-        x += 24 + w as i32 + 18;
     }
 
     // The plot.
@@ -512,13 +548,14 @@ where
             .map_err(draw_err)?;
     }
 
-    // Utilisation: one line per run of known samples.
-    let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    // Utilisation: one line per run of known samples, and with several GPUs the range
+    // from the least to the most busy GPU behind it (a mean hides one idle GPU in eight).
+    let mut segments: Vec<Vec<Point>> = vec![Vec::new()];
     for s in r.samples {
-        match mean_util(s) {
-            Some(u) => {
+        match util_point(s, tl.start) {
+            Some(p) => {
                 if let Some(seg) = segments.last_mut() {
-                    seg.push((secs_between(tl.start, s.at), u.clamp(0.0, 100.0)));
+                    seg.push(p);
                 }
             }
             None => segments.push(Vec::new()),
@@ -526,10 +563,23 @@ where
     }
     segments.retain(|s| !s.is_empty());
     for seg in &segments {
+        if gpus > 1 && seg.len() > 1 {
+            let outline: Vec<(f64, f64)> = seg
+                .iter()
+                .map(|p| (p.at_s, p.max))
+                .chain(seg.iter().rev().map(|p| (p.at_s, p.min)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    UTIL_COLOUR.mix(RANGE_ALPHA).filled(),
+                )))
+                .map_err(draw_err)?;
+        }
         if seg.len() == 1 {
             chart
                 .draw_series(std::iter::once(Circle::new(
-                    seg[0],
+                    (seg[0].at_s, seg[0].mean),
                     3,
                     UTIL_COLOUR.filled(),
                 )))
@@ -537,7 +587,7 @@ where
         } else {
             chart
                 .draw_series(LineSeries::new(
-                    seg.iter().copied(),
+                    seg.iter().map(|p| (p.at_s, p.mean)),
                     UTIL_COLOUR.stroke_width(2),
                 ))
                 .map_err(draw_err)?;
@@ -763,6 +813,51 @@ mod tests {
         let util =
             out.matches("stroke=\"#1F77B4\"").count() + out.matches("stroke=\"#1f77b4\"").count();
         assert!(util >= 2, "{out}");
+    }
+
+    #[test]
+    fn several_gpus_get_their_range_shaded_behind_the_mean() {
+        let s = ended(3.6);
+        let two = |sec: i64, a: f64, b: f64| GpuSample {
+            at: t(sec),
+            gpus: vec![
+                GpuReading {
+                    index: 0,
+                    util_gpu_pct: Some(a),
+                    ..GpuReading::default()
+                },
+                GpuReading {
+                    index: 1,
+                    util_gpu_pct: Some(b),
+                    ..GpuReading::default()
+                },
+            ],
+            error: None,
+        };
+        let samples = vec![
+            two(60, 100.0, 0.0),
+            two(120, 90.0, 10.0),
+            two(180, 95.0, 5.0),
+        ];
+        let out = svg(&report(Some(&s), &samples, 3.6));
+        assert!(out.contains("<polygon"), "{out}");
+        assert!(
+            texts(&out)
+                .iter()
+                .any(|t| t.starts_with("GPU utilisation, mean of 2")),
+            "{out}"
+        );
+        // The longer legend wraps onto a second row instead of running off the edge.
+        assert!(
+            text_y(&out, "final sync 10s") > text_y(&out, "pull 20s") + 10.0,
+            "{out}"
+        );
+        let one = svg(&report(
+            Some(&s),
+            &[sample(60, Some(1.0)), sample(90, Some(2.0))],
+            3.6,
+        ));
+        assert!(!one.contains("<polygon"), "one GPU has no range");
     }
 
     #[test]
