@@ -770,6 +770,35 @@ mod tests {
     }
 
     #[test]
+    fn a_run_in_progress_ends_at_its_last_heartbeat_and_new_phases_get_a_band() {
+        let mut s =
+            RunStatus::launching(RunId::parse("20261126-070000-0004").unwrap(), t(-30), 3.6);
+        s.agent_started_at = Some(t(0));
+        s.enter_phase(Phase::Pulling, t(0));
+        // A phase this launcher has no variant for, from a newer agent.
+        s.phase_started_at.insert("waiting_for_gpu".into(), t(10));
+        s.phase_started_at.insert("warming_caches".into(), t(40));
+        s.job_started_at = Some(t(50));
+        s.enter_phase(Phase::Running, t(50));
+        s.updated_at = t(200);
+        let tl = timeline(Some(&s), &[sample(190, Some(80.0))]);
+        let got: Vec<(&str, f64, f64)> = tl
+            .bands
+            .iter()
+            .map(|b| (b.label.as_str(), b.from_s, b.to_s))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("pull", 0.0, 10.0),
+                ("waiting for GPU", 10.0, 40.0),
+                ("warming caches", 40.0, 50.0),
+                ("training", 50.0, 200.0),
+            ]
+        );
+    }
+
+    #[test]
     fn a_status_from_before_the_timeline_still_shows_its_phases() {
         let mut s = ended(3.6);
         s.phase_started_at.clear();
