@@ -184,6 +184,66 @@ pub async fn resolve(
     Err(CredentialsError { tried, fix })
 }
 
+/// Whose credentials [`resolve`] picks, as far as can be told without a network call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account's e-mail, when the credentials name it.
+    pub email: Option<String>,
+    /// Where the credentials come from.
+    pub how: String,
+}
+
+impl Identity {
+    /// The IAM member for the account (`serviceAccount:E` or `user:E`), if known.
+    pub fn member(&self) -> Option<String> {
+        self.email.as_ref().map(|e| {
+            if e.ends_with(".gserviceaccount.com") {
+                format!("serviceAccount:{e}")
+            } else {
+                format!("user:{e}")
+            }
+        })
+    }
+}
+
+/// The identity [`resolve`] would use, in its order: the key file's `client_email`, the
+/// `GCP_ACCOUNT` handed to gcloud, then the application-default credentials file.
+pub fn identity(account: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Identity {
+    let email_of = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["client_email"].as_str().map(str::to_string))
+    };
+    if let Some(path) = env(ENV_CREDENTIALS).filter(|p| !p.is_empty()) {
+        return Identity {
+            email: email_of(&path),
+            how: format!("the service-account key in {ENV_CREDENTIALS}={path}"),
+        };
+    }
+    if let Some(a) = account {
+        return Identity {
+            email: Some(a.to_string()),
+            how: "gcloud, for GCP_ACCOUNT".into(),
+        };
+    }
+    let config = env("CLOUDSDK_CONFIG")
+        .filter(|c| !c.is_empty())
+        .or_else(|| env("HOME").map(|h| format!("{h}/.config/gcloud")));
+    if let Some(adc) = config.map(|c| format!("{c}/application_default_credentials.json")) {
+        if std::path::Path::new(&adc).is_file() {
+            return Identity {
+                email: email_of(&adc),
+                how: format!("application default credentials ({adc})"),
+            };
+        }
+    }
+    Identity {
+        email: None,
+        how: "gcloud's active account (set GCP_ACCOUNT to name it)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
