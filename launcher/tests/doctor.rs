@@ -244,3 +244,27 @@ fn a_launch_whose_quota_check_fails_uploads_nothing_and_creates_nothing() {
     let objects = w.list(&format!("{PREFIX}/"));
     assert!(objects.is_empty(), "uploaded: {objects:?}");
 }
+
+#[test]
+fn a_launch_skips_a_zone_without_the_gpu_and_lands_in_the_next() {
+    let w = World::new(WorldOpts {
+        toml: "zones = [\"us-central1-a\", \"us-central1-b\"]\n".into(),
+        ..WorldOpts::default()
+    });
+    w.emu.set_zone_gpus("us-central1-a", &["nvidia-tesla-t4"]);
+    let (run, vm, out) = w.launch_with_output(&["ok", "1", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("zone us-central1-a: skipped (does not offer nvidia-l4)"),
+        "{err}"
+    );
+    let inserts = w.emu.calls_to("POST", "/instances");
+    assert_eq!(inserts.len(), 1, "{inserts:?}");
+    assert!(
+        inserts[0].path.contains("/zones/us-central1-b/"),
+        "{inserts:?}"
+    );
+    let st = w.wait_ended(&run, &vm);
+    assert_eq!(e2e::reason(&st), "succeeded", "{st}");
+    w.wait_gone(&vm);
+}
