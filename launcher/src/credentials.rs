@@ -240,8 +240,36 @@ pub fn identity(account: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> 
     }
     Identity {
         email: None,
-        how: "gcloud's active account (set GCP_ACCOUNT to name it)".into(),
+        how: GCLOUD_ACTIVE.into(),
     }
+}
+
+/// [`Identity::how`] for gcloud's active account.
+const GCLOUD_ACTIVE: &str = "gcloud's active account (set GCP_ACCOUNT to name it)";
+
+/// [`identity`], with gcloud asked for its active account's e-mail when that is what
+/// [`resolve`] falls back to (`gcloud config get-value account`).
+pub async fn identity_with_gcloud(
+    account: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Identity {
+    let mut who = identity(account, env);
+    if who.email.is_none() && who.how == GCLOUD_ACTIVE {
+        let mut cmd = tokio::process::Command::new("gcloud");
+        cmd.args(["config", "get-value", "account", "--quiet"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Ok(Ok(out)) =
+            tokio::time::timeout(Duration::from_secs(GCLOUD_TIMEOUT_SECS), cmd.output()).await
+        {
+            let email = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && email.contains('@') {
+                who.email = Some(email);
+            }
+        }
+    }
+    who
 }
 
 #[cfg(test)]

@@ -348,7 +348,7 @@ async fn doctor_cmd(
     let (line, inputs) = doctor::settings_check(settings);
     report.checks.push(line);
     let account = settings.account.as_ref().map(|s| s.value.as_str());
-    let who = credentials::identity(account, &|k| (ctx.env)(k));
+    let who = credentials::identity_with_gcloud(account, &|k| (ctx.env)(k)).await;
     let code = match inputs {
         None => EXIT_SETTINGS,
         Some(inputs) => match ctx.tokens(settings).await {

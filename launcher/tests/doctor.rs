@@ -268,3 +268,36 @@ fn a_launch_skips_a_zone_without_the_gpu_and_lands_in_the_next() {
     assert_eq!(e2e::reason(&st), "succeeded", "{st}");
     w.wait_gone(&vm);
 }
+
+#[test]
+fn with_gclouds_active_account_the_credentials_line_names_its_email() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(WorldOpts::default());
+    let bin = w.home.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let gcloud = bin.join("gcloud");
+    std::fs::write(
+        &gcloud,
+        "#!/bin/sh\ncase \"$1 $2\" in\n  'config get-value') echo me@example.com ;;\n  *) echo ya29.from-gcloud ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&gcloud, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = doctor_cmd(&w, &["doctor"])
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(line(&out, "credentials").0, "ok", "{s}\n{}", text(&out));
+    assert!(
+        s.lines()
+            .any(|l| l.contains("credentials")
+                && l.contains("me@example.com (gcloud's active account")),
+        "{s}"
+    );
+}
