@@ -127,7 +127,7 @@ impl Store {
                 .get_doc(&self.layout.spec(id), "spec.json", &mut ignored)
                 .await?;
             let Some(spec) = spec else { continue };
-            if !spec.origin.is_some_and(|o| o.project_dir == here) {
+            if spec.origin.is_none_or(|o| o.project_dir != here) {
                 continue;
             }
             if best.as_ref().is_none_or(|(_, at)| spec.created_at > *at) {
