@@ -221,6 +221,36 @@ impl Compute for FakeCompute {
     async fn image_from_family(&self, _: &str, _: &str) -> Result<Image, ComputeError> {
         Ok(Image::default())
     }
+    // The agent never checks quotas or zones; these answer "absent".
+    async fn get_region(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<cloudrun::compute::Region>, ComputeError> {
+        Ok(None)
+    }
+    async fn get_project(
+        &self,
+        _: &str,
+    ) -> Result<Option<cloudrun::compute::ComputeProject>, ComputeError> {
+        Ok(None)
+    }
+    async fn list_accelerator_types(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<Vec<cloudrun::compute::AcceleratorType>>, ComputeError> {
+        Ok(None)
+    }
+    async fn aggregated_accelerator_types(
+        &self,
+        _: &str,
+    ) -> Result<
+        std::collections::BTreeMap<String, Vec<cloudrun::compute::AcceleratorType>>,
+        ComputeError,
+    > {
+        Ok(Default::default())
+    }
     async fn get_operation(&self, _: &str, _: &str, _: &str) -> Result<Operation, ComputeError> {
         Ok(Self::done())
     }

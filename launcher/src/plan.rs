@@ -831,7 +831,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     let agent = match &agent_path {
         None => {
             p.push(format!(
-                "no agent binary: build it with scripts/build-agent.sh, then {}",
+                "no agent binary: install the static agent beside cloudrun-launch with scripts/install.sh (found there with no setting), or build it with scripts/build-agent.sh, then {}",
                 how_to_set("agent_binary", "/path/to/cloudrun-agent")
             ));
             None
