@@ -5,9 +5,18 @@
 #   target/<triple>/agent/cloudrun-agent, and a line per binary with size, sha256 and
 #   what `ldd` says (it must say "statically linked" / "not a dynamic executable").
 # Docker users can use `cross` instead (Cross.toml); nothing here needs it.
+# CARGO_TARGET_DIR moves target/ as cargo does; CLOUDRUN_AGENT_PROFILE (default `agent`:
+# small, LTO) picks another cargo profile, e.g. `dev` for a quicker build in tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-x86_64}
+target_dir=${CARGO_TARGET_DIR:-target}
+profile=${CLOUDRUN_AGENT_PROFILE:-agent}
+# cargo's output folder per profile: dev builds land in debug/.
+case $profile in
+  dev) profile_dir=debug ;;
+  *) profile_dir=$profile ;;
+esac
 
 apt_install() {
   local missing=()
@@ -32,8 +41,8 @@ build() {
       export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
       ;;
   esac
-  cargo build --locked -p cloudrun-agent --profile agent --target "$triple" >&2
-  local bin=target/$triple/agent/cloudrun-agent
+  cargo build --locked -p cloudrun-agent --bin cloudrun-agent --profile "$profile" --target "$triple" >&2
+  local bin=$target_dir/$triple/$profile_dir/cloudrun-agent
   local size sha linked
   size=$(stat -c %s "$bin")
   sha=$(sha256sum "$bin" | cut -d' ' -f1)

@@ -263,8 +263,106 @@ pub struct Image {
     pub disk_size_gb: String,
     #[serde(default)]
     pub status: String,
+    /// Set when the image is deprecated (still usable), obsolete or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<DeprecationStatus>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `DeprecationStatus` of an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeprecationStatus {
+    /// ACTIVE, DEPRECATED, OBSOLETE or DELETED.
+    #[serde(default)]
+    pub state: String,
+    /// URL of the suggested replacement.
+    #[serde(default)]
+    pub replacement: String,
+}
+
+/// One quota of a region or a project (`limit` and `usage` are doubles in the API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Quota {
+    /// e.g. `NVIDIA_L4_GPUS`, `PREEMPTIBLE_NVIDIA_L4_GPUS`, `GPUS_ALL_REGIONS`.
+    #[serde(default)]
+    pub metric: String,
+    #[serde(default)]
+    pub limit: f64,
+    #[serde(default)]
+    pub usage: f64,
+}
+
+impl Quota {
+    /// What is left of it.
+    pub fn available(&self) -> f64 {
+        (self.limit - self.usage).max(0.0)
+    }
+}
+
+/// A region (`regions.get`): its zones and quotas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Region {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    /// Zone URLs.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    #[serde(default)]
+    pub quotas: Vec<Quota>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A project as Compute sees it (`projects.get`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeProject {
+    #[serde(default)]
+    pub name: String,
+    /// The project number (uint64 as a string).
+    #[serde(default)]
+    pub id: String,
+    /// `PROJECT_NUMBER-compute@developer.gserviceaccount.com`.
+    #[serde(default)]
+    pub default_service_account: String,
+    #[serde(default)]
+    pub common_instance_metadata: InstanceMetadata,
+    /// Project-wide quotas such as `GPUS_ALL_REGIONS`.
+    #[serde(default)]
+    pub quotas: Vec<Quota>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// An accelerator type a zone offers (`acceleratorTypes.list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceleratorType {
+    /// e.g. `nvidia-l4`.
+    #[serde(default)]
+    pub name: String,
+    /// Zone URL.
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub maximum_cards_per_instance: i32,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Find a quota by metric.
+pub fn quota<'a>(quotas: &'a [Quota], metric: &str) -> Option<&'a Quota> {
+    quotas.iter().find(|q| q.metric == metric)
+}
+
+/// The region of a zone (`us-central1-a` → `us-central1`).
+pub fn zone_region(zone: &str) -> &str {
+    zone.rsplit_once('-').map(|(r, _)| r).unwrap_or(zone)
 }
 
 /// The Compute Engine calls cloudrun makes. Each implementation takes its base URL (and
@@ -332,6 +430,28 @@ pub trait Compute: Send + Sync + std::fmt::Debug {
         image_project: &str,
         family: &str,
     ) -> Result<Image, ComputeError>;
+
+    /// `regions.get` (its quotas); `None` when the region does not exist.
+    async fn get_region(&self, project: &str, region: &str)
+        -> Result<Option<Region>, ComputeError>;
+
+    /// `projects.get` (project-wide quotas, default service account); `None` when the
+    /// project does not exist or the caller may not see it.
+    async fn get_project(&self, project: &str) -> Result<Option<ComputeProject>, ComputeError>;
+
+    /// `acceleratorTypes.list` in one zone (all pages); `None` when the zone does not exist.
+    async fn list_accelerator_types(
+        &self,
+        project: &str,
+        zone: &str,
+    ) -> Result<Option<Vec<AcceleratorType>>, ComputeError>;
+
+    /// `acceleratorTypes.aggregatedList`: every zone's accelerator types, keyed by the bare
+    /// zone name (zones that offer none are left out).
+    async fn aggregated_accelerator_types(
+        &self,
+        project: &str,
+    ) -> Result<BTreeMap<String, Vec<AcceleratorType>>, ComputeError>;
 
     /// `zoneOperations.get`.
     async fn get_operation(

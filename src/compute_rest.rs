@@ -16,8 +16,12 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::compute::{Compute, ComputeError, Image, Instance, Operation, DEFAULT_COMPUTE_ENDPOINT};
-use crate::contract::{ENV_COMPUTE_ENDPOINT, SCOPE_CLOUD_PLATFORM};
+use crate::compute::{
+    AcceleratorType, Compute, ComputeError, ComputeProject, Image, Instance, Operation, Region,
+    DEFAULT_COMPUTE_ENDPOINT,
+};
+use crate::contract::ENV_COMPUTE_ENDPOINT;
+use crate::google_rest::RestApi;
 use crate::retry::RetryPolicy;
 
 /// Page size for `instances.list` and `aggregatedList` (the API's maximum).
@@ -26,23 +30,10 @@ pub const LIST_PAGE_SIZE: u32 = 500;
 /// cannot loop us forever (500 × 200 = 100 000 instances).
 pub const LIST_MAX_PAGES: usize = 200;
 
-/// Compute Engine v1 over REST.
-#[derive(Clone)]
+/// Compute Engine v1 over REST (a [`RestApi`] rooted at Compute's base URL).
+#[derive(Clone, Debug)]
 pub struct RestCompute {
-    client: reqwest::Client,
-    /// Always ends with `/`, e.g. `https://compute.googleapis.com/compute/v1/`.
-    base: String,
-    tokens: Arc<dyn gcp_auth::TokenProvider>,
-    retry: RetryPolicy,
-}
-
-impl std::fmt::Debug for RestCompute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestCompute")
-            .field("base", &self.base)
-            .field("retry", &self.retry)
-            .finish_non_exhaustive()
-    }
+    api: RestApi,
 }
 
 /// The Compute endpoint: `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE` when set and non-empty,
@@ -57,23 +48,8 @@ pub fn endpoint_from(lookup: impl Fn(&str) -> Option<String>) -> String {
 impl RestCompute {
     /// A client for the v1 API rooted at `base` (e.g. `http://127.0.0.1:PORT/compute/v1/`).
     pub fn new(base: &str, tokens: Arc<dyn gcp_auth::TokenProvider>) -> Result<Self, ComputeError> {
-        let client =
-            crate::http::client_builder()
-                .build()
-                .map_err(|source| ComputeError::Transport {
-                    method: "BUILD".into(),
-                    url: base.to_string(),
-                    source,
-                })?;
-        let mut base = base.trim().to_string();
-        if !base.ends_with('/') {
-            base.push('/');
-        }
         Ok(RestCompute {
-            client,
-            base,
-            tokens,
-            retry: RetryPolicy::default(),
+            api: RestApi::new(base, tokens)?,
         })
     }
 
@@ -84,17 +60,17 @@ impl RestCompute {
 
     /// The same client with another retry policy (tests use a fast one).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.api = self.api.with_retry(retry);
         self
     }
 
     /// The base URL, with its trailing `/`.
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.api.base_url()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path.trim_start_matches('/'))
+        self.api.url(path)
     }
 
     /// One call with retries. `Ok(None)` is a 404 when `absent_ok`.
@@ -106,67 +82,7 @@ impl RestCompute {
         body: Option<&serde_json::Value>,
         absent_ok: bool,
     ) -> Result<Option<T>, ComputeError> {
-        let url = self.url(path);
-        let what = format!("{method} {url}");
-        self.retry
-            .run(&what, |_| {
-                self.attempt::<T>(method.clone(), &url, query, body, absent_ok)
-            })
-            .await
-    }
-
-    async fn attempt<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        url: &str,
-        query: &[(&str, String)],
-        body: Option<&serde_json::Value>,
-        absent_ok: bool,
-    ) -> Result<Option<T>, ComputeError> {
-        let token = self
-            .tokens
-            .token(&[SCOPE_CLOUD_PLATFORM])
-            .await
-            .map_err(|e| ComputeError::Auth(format!("{e:#}")))?;
-        let mut full = reqwest::Url::parse(url).map_err(|e| ComputeError::Protocol {
-            url: url.to_string(),
-            detail: format!("not a URL: {e}"),
-        })?;
-        if !query.is_empty() {
-            full.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
-        }
-        let mut req = self
-            .client
-            .request(method.clone(), full)
-            .bearer_auth(token.as_str());
-        req = match body {
-            Some(b) => req.json(b),
-            // Google front ends want a length on body-less POSTs (411 otherwise).
-            None if method == Method::POST => req.header(reqwest::header::CONTENT_LENGTH, "0"),
-            None => req,
-        };
-        let transport = |source| ComputeError::Transport {
-            method: method.to_string(),
-            url: url.to_string(),
-            source,
-        };
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let retry_after = crate::retry::retry_after(resp.headers());
-        let bytes = resp.bytes().await.map_err(transport)?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice::<T>(&bytes).map(Some).map_err(|e| {
-                ComputeError::Protocol {
-                    url: url.to_string(),
-                    detail: format!("{e}: {}", crate::http::short_body(&bytes)),
-                }
-            });
-        }
-        if status == 404 && absent_ok {
-            return Ok(None);
-        }
-        Err(api_error(method.as_str(), url, status, &bytes, retry_after))
+        self.api.call(method, path, query, body, absent_ok).await
     }
 }
 
@@ -256,6 +172,33 @@ struct AggregatedList {
 struct ScopedList {
     #[serde(default)]
     instances: Vec<Instance>,
+}
+
+/// One page of `acceleratorTypes.list`.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AcceleratorTypeList {
+    #[serde(default)]
+    items: Vec<AcceleratorType>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+/// One page of `acceleratorTypes.aggregatedList`: `items` keyed by `zones/<zone>`.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AcceleratorTypeAggregatedList {
+    #[serde(default)]
+    items: std::collections::BTreeMap<String, AcceleratorTypesScoped>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AcceleratorTypesScoped {
+    #[serde(default)]
+    accelerator_types: Vec<AcceleratorType>,
 }
 
 /// What a path segment must encode: everything but RFC 3986's unreserved characters
@@ -409,6 +352,87 @@ impl Compute for RestCompute {
         self.call(Method::GET, &path, &[], None, false)
             .await?
             .ok_or_else(|| unreachable_absent(&path))
+    }
+
+    async fn get_region(
+        &self,
+        project: &str,
+        region: &str,
+    ) -> Result<Option<Region>, ComputeError> {
+        let path = format!("projects/{}/regions/{}", seg(project), seg(region));
+        self.call(Method::GET, &path, &[], None, true).await
+    }
+
+    async fn get_project(&self, project: &str) -> Result<Option<ComputeProject>, ComputeError> {
+        let path = format!("projects/{}", seg(project));
+        self.call(Method::GET, &path, &[], None, true).await
+    }
+
+    async fn list_accelerator_types(
+        &self,
+        project: &str,
+        zone: &str,
+    ) -> Result<Option<Vec<AcceleratorType>>, ComputeError> {
+        let path = zonal(project, zone, "acceleratorTypes");
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..LIST_MAX_PAGES {
+            let mut q = vec![("maxResults", LIST_PAGE_SIZE.to_string())];
+            if let Some(t) = &token {
+                q.push(("pageToken", t.clone()));
+            }
+            let Some(page) = self
+                .call::<AcceleratorTypeList>(Method::GET, &path, &q, None, true)
+                .await?
+            else {
+                return Ok(None);
+            };
+            out.extend(page.items);
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(Some(out)),
+            }
+        }
+        Err(ComputeError::Protocol {
+            url: self.url(&path),
+            detail: format!("still a nextPageToken after {LIST_MAX_PAGES} pages"),
+        })
+    }
+
+    async fn aggregated_accelerator_types(
+        &self,
+        project: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<AcceleratorType>>, ComputeError> {
+        let path = format!("projects/{}/aggregated/acceleratorTypes", seg(project));
+        let mut out = std::collections::BTreeMap::new();
+        let mut token: Option<String> = None;
+        for _ in 0..LIST_MAX_PAGES {
+            let mut q = vec![("maxResults", LIST_PAGE_SIZE.to_string())];
+            if let Some(t) = &token {
+                q.push(("pageToken", t.clone()));
+            }
+            let page: AcceleratorTypeAggregatedList = self
+                .call(Method::GET, &path, &q, None, false)
+                .await?
+                .unwrap_or_default();
+            for (key, scoped) in page.items {
+                if scoped.accelerator_types.is_empty() {
+                    continue;
+                }
+                let zone = key.strip_prefix("zones/").unwrap_or(&key).to_string();
+                out.entry(zone)
+                    .or_insert_with(Vec::new)
+                    .extend(scoped.accelerator_types);
+            }
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+        Err(ComputeError::Protocol {
+            url: self.url(&path),
+            detail: format!("still a nextPageToken after {LIST_MAX_PAGES} pages"),
+        })
     }
 
     async fn get_operation(

@@ -50,6 +50,12 @@ impl Layout {
         }
     }
 
+    /// `doctor/<id>`: the probe object `cloudrun-launch doctor` writes, reads back and
+    /// deletes to prove the prefix is writable.
+    pub fn doctor_probe(&self, id: &str) -> String {
+        self.key(&format!("doctor/{id}"))
+    }
+
     /// `blobs/` (with the trailing slash, for listings).
     pub fn blobs_prefix(&self) -> String {
         self.key("blobs/")

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod compute;
 pub mod compute_rest;
 pub mod contract;
+pub mod google_rest;
 pub mod gpu_names;
 pub mod http;
 pub mod joblog;

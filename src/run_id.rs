@@ -51,6 +51,12 @@ impl RunId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The `YYYYMMDD-HHMMSS` part: the second the run started in. Ids of one second
+    /// sort by their random suffix, which says nothing of which started first.
+    pub fn start_second(&self) -> &str {
+        &self.0[..15]
+    }
 }
 
 impl fmt::Display for RunId {

@@ -38,6 +38,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The name `phase` has in a status (`"running"`), from the serde names above.
+    pub fn name(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => format!("{self:?}").to_lowercase(),
+        }
+    }
+
     /// Whether the run is over.
     pub fn is_terminal(self) -> bool {
         self == Phase::Ended
@@ -255,6 +263,15 @@ pub struct RunStatus {
     pub delete: Option<DeleteRecord>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// When the agent first entered each phase, by the phase's name as `phase` spells it
+    /// (`pulling`, `setup`, `running`, `stopping`, `ended`, …): the run's timeline, which
+    /// `report` draws. Keyed by name rather than by [`Phase`] so that a launcher can read
+    /// the timeline of an agent that knows more phases than it does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub phase_started_at: BTreeMap<String, DateTime<Utc>>,
+    /// When the final sync (outputs, then logs and metrics) began, after the job stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_sync_started_at: Option<DateTime<Utc>>,
     /// Fields written by a newer agent, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -288,8 +305,17 @@ impl RunStatus {
             vm: None,
             delete: None,
             warnings: Vec::new(),
+            phase_started_at: BTreeMap::new(),
+            final_sync_started_at: None,
             extra: BTreeMap::new(),
         }
+    }
+
+    /// Move to `phase` at `now`, and record when it was first entered (a phase entered
+    /// again, after an agent restart, keeps its first time).
+    pub fn enter_phase(&mut self, phase: Phase, now: DateTime<Utc>) {
+        self.phase = phase;
+        self.phase_started_at.entry(phase.name()).or_insert(now);
     }
 
     /// Parse a status of any schema; unknown fields land in `extra`.
@@ -391,6 +417,21 @@ mod tests {
         s.gpu_wait_started_at = Some("2026-11-26T07:16:00Z".parse().unwrap());
         s.gpu_ready_at = Some("2026-11-26T07:16:20Z".parse().unwrap());
         assert_eq!(RunStatus::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn entering_a_phase_records_its_first_time_under_its_status_name() {
+        let mut s = sample();
+        let t = |m: u32| -> DateTime<Utc> { format!("2026-11-26T07:{m:02}:00Z").parse().unwrap() };
+        s.enter_phase(Phase::Pulling, t(16));
+        s.enter_phase(Phase::Running, t(18));
+        s.enter_phase(Phase::Running, t(30)); // again, after a restart
+        assert_eq!(s.phase, Phase::Running);
+        assert_eq!(s.phase_started_at["pulling"], t(16));
+        assert_eq!(s.phase_started_at["running"], t(18));
+        let back = RunStatus::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.phase_started_at, s.phase_started_at);
+        assert!(back.extra.is_empty(), "{:?}", back.extra);
     }
 
     #[test]

@@ -563,3 +563,35 @@ async fn bucket_location_comes_from_buckets_get_on_both_emulators() {
         .unwrap_err();
     assert!(err.to_string().contains("nosuchbkt"), "{err}");
 }
+
+#[tokio::test]
+async fn a_download_with_no_checksum_to_check_is_refused_and_writes_nothing() {
+    // Real GCS records a CRC32C for every object; a server that names none (neither in
+    // `x-goog-hash` nor in the object resource) gets no trust: the download is an
+    // integrity error and nothing is written. Neither emulator can be made to omit it, so
+    // this is an in-process server.
+    use axum::extract::Query;
+    async fn object(Query(q): Query<BTreeMap<String, String>>) -> String {
+        if q.get("alt").map(String::as_str) == Some("media") {
+            "data".into()
+        } else {
+            r#"{"name":"k","bucket":"bkt","size":"4","generation":"1"}"#.into()
+        }
+    }
+    let app = axum::Router::new().route("/storage/v1/b/bkt/o/{name}", axum::routing::get(object));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let s = store(&host, "bkt");
+    let err = s.get_bytes("k").await.unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Integrity { key, detail } if key == "k" && detail.contains("no CRC32C")),
+        "{err}"
+    );
+    let dir = TempDir::new("gcs-no-crc");
+    let dest = dir.path().join("k");
+    std::fs::write(&dest, b"mine").unwrap();
+    assert!(s.get_to_file("k", &dest).await.is_err());
+    assert_eq!(std::fs::read(&dest).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

@@ -639,7 +639,7 @@ impl Agent {
     }
 
     fn set_phase(&mut self, phase: Phase) {
-        self.status.phase = phase;
+        self.status.enter_phase(phase, self.deps.clock.now());
         self.publish_status();
     }
 
@@ -1072,6 +1072,7 @@ impl Agent {
 
         // Final sync: the periodic pass under way, outputs, then logs and metrics (the log
         // gets the sync's result), all within one deadline.
+        self.status.final_sync_started_at = Some(self.deps.clock.now());
         let budget = final_sync_budget(&self.spec, preempted);
         let deadline = tokio::time::Instant::now() + budget;
         if let Some(t) = self.outputs_task.take() {
@@ -1187,7 +1188,7 @@ impl Agent {
             self.spec.price.usd_per_hour,
         ));
         tracing::info!("receipt: {}", receipt.summary());
-        self.status.phase = Phase::Ended;
+        self.status.enter_phase(Phase::Ended, now);
         self.status.updated_at = now;
         self.status.ended_at = Some(now);
         self.status.billed_secs = receipt.billed_secs;

@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use cloudrun_agent::gpu::{classify, GpuState, NvidiaSmi};
 use cloudrun_agent::gpu_wait::{Expected, Verdict};
 
+/// The agent's version where `cloudrun-launch --version` reads it from the file's bytes
+/// (the launcher never runs the agent: it may be built for another architecture). The
+/// launcher's `agent_bin::VERSION_MARKER` spells the same prefix.
+#[used]
+static VERSION_MARKER: &str = concat!("CLOUDRUN_AGENT_VERSION=", env!("CARGO_PKG_VERSION"), ";");
+
 /// The cloudrun agent: supervises one training run on a VM and deletes the VM when the
 /// run ends, stalls, idles, spends its budget or hits its time limit.
 #[derive(Debug, Parser)]

@@ -221,6 +221,36 @@ impl Compute for FakeCompute {
     async fn image_from_family(&self, _: &str, _: &str) -> Result<Image, ComputeError> {
         Ok(Image::default())
     }
+    // The agent never checks quotas or zones; these answer "absent".
+    async fn get_region(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<cloudrun::compute::Region>, ComputeError> {
+        Ok(None)
+    }
+    async fn get_project(
+        &self,
+        _: &str,
+    ) -> Result<Option<cloudrun::compute::ComputeProject>, ComputeError> {
+        Ok(None)
+    }
+    async fn list_accelerator_types(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<Vec<cloudrun::compute::AcceleratorType>>, ComputeError> {
+        Ok(None)
+    }
+    async fn aggregated_accelerator_types(
+        &self,
+        _: &str,
+    ) -> Result<
+        std::collections::BTreeMap<String, Vec<cloudrun::compute::AcceleratorType>>,
+        ComputeError,
+    > {
+        Ok(Default::default())
+    }
     async fn get_operation(&self, _: &str, _: &str, _: &str) -> Result<Operation, ComputeError> {
         Ok(Self::done())
     }
@@ -466,6 +496,28 @@ async fn a_delete_that_ends_the_agent_still_leaves_the_request_and_its_operation
     assert_eq!(d.operation.as_deref(), Some("operation-delete-1"));
     assert_eq!(d.request_id, rig.compute.request_ids.lock().unwrap()[0]);
     assert_eq!(st.vm, None, "not confirmed yet: `status` asks Compute");
+}
+
+#[tokio::test]
+async fn the_final_status_records_when_each_phase_began_for_the_report() {
+    let rig = Rig::new();
+    let mut spec = rig.spec("echo working");
+    spec.job.setup = Some("echo setting up".into());
+    let out = rig.run(spec).await;
+    assert_eq!(out.end.reason, EndReason::Succeeded, "{:?}", out.end);
+    let st = rig.status().await;
+    let at = |name: &str| {
+        *st.phase_started_at
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", st.phase_started_at))
+    };
+    let sync = st.final_sync_started_at.expect("final_sync_started_at");
+    assert!(st.agent_started_at.unwrap() <= at("pulling"));
+    assert!(at("pulling") <= at("setup") && at("setup") <= at("running"));
+    assert!(st.job_started_at.unwrap() <= at("running"));
+    assert!(at("running") <= at("stopping") && at("stopping") <= sync);
+    assert!(sync <= at("ended"));
+    assert_eq!(Some(at("ended")), st.ended_at);
 }
 
 #[tokio::test]

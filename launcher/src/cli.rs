@@ -26,6 +26,8 @@ Examples:
   cloudrun-launch report 20261126-071500-ab12      SVG plot of GPU utilisation and cumulative cost
   cloudrun-launch config                           resolved settings and where each came from
   cloudrun-launch prices --gpu l4                  what an L4 costs per hour in each region, on demand and Spot
+  cloudrun-launch doctor                           check credentials, APIs, bucket, IAM, GPU quota, image and zones
+  cloudrun-launch --version                        this version and the static agent a cloud run uploads
   cloudrun-launch completions bash > ~/.local/share/bash-completion/completions/cloudrun-launch
 
 RUN is a run id, or `latest`: the newest run launched from this project folder (the current
@@ -42,12 +44,16 @@ a file:// URL, else ~/.local/share/cloudrun/store; subcommands take --local too.
 #[derive(Debug, Parser)]
 #[command(
     name = "cloudrun-launch",
-    version,
     about,
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_version_flag = true
 )]
 pub struct Cli {
+    /// Print the version and the static agent a cloud run would upload (version,
+    /// target, sha256)
+    #[arg(short = 'V', long)]
+    pub version: bool,
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
@@ -215,14 +221,30 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// SVG plot of a run's GPU utilisation and cumulative cost
-    #[command(after_help = "Example:\n  cloudrun-launch report latest --out run.svg")]
+    /// SVG or PNG plot of a run: GPU utilisation, cost billed and the run's phases
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch report latest --out run.svg\n  cloudrun-launch report latest --format png"
+    )]
     Report {
         /// A run id, or `latest` (the newest run of this project folder)
         run: String,
-        /// Output file (default: cloudrun-report-RUN.svg in the current directory)
+        /// Output file; a .png name writes a PNG (default: cloudrun-report-RUN.svg, or
+        /// .png with --format png, in the current directory)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// svg or png (default: from the --out file's extension, else svg)
+        #[arg(long, value_enum)]
+        format: Option<crate::report::Format>,
+    },
+    /// Check every prerequisite of a cloud run (credentials, APIs, bucket, service
+    /// account, GPU quota, image, zones), each with the command that fixes it
+    #[command(
+        after_help = "Examples:\n  cloudrun-launch doctor\n  cloudrun-launch doctor --json\n\nExit code: 0 when nothing failed (warnings allowed), 1 when a check failed, 2 when settings are missing."
+    )]
+    Doctor {
+        /// JSON on stdout, for scripts
+        #[arg(long)]
+        json: bool,
     },
     /// Prices per hour by GPU shape and region, from Google's catalog (cached a week)
     #[command(

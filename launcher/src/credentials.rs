@@ -184,6 +184,94 @@ pub async fn resolve(
     Err(CredentialsError { tried, fix })
 }
 
+/// Whose credentials [`resolve`] picks, as far as can be told without a network call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The account's e-mail, when the credentials name it.
+    pub email: Option<String>,
+    /// Where the credentials come from.
+    pub how: String,
+}
+
+impl Identity {
+    /// The IAM member for the account (`serviceAccount:E` or `user:E`), if known.
+    pub fn member(&self) -> Option<String> {
+        self.email.as_ref().map(|e| {
+            if e.ends_with(".gserviceaccount.com") {
+                format!("serviceAccount:{e}")
+            } else {
+                format!("user:{e}")
+            }
+        })
+    }
+}
+
+/// The identity [`resolve`] would use, in its order: the key file's `client_email`, the
+/// `GCP_ACCOUNT` handed to gcloud, then the application-default credentials file.
+pub fn identity(account: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Identity {
+    let email_of = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["client_email"].as_str().map(str::to_string))
+    };
+    if let Some(path) = env(ENV_CREDENTIALS).filter(|p| !p.is_empty()) {
+        return Identity {
+            email: email_of(&path),
+            how: format!("the service-account key in {ENV_CREDENTIALS}={path}"),
+        };
+    }
+    if let Some(a) = account {
+        return Identity {
+            email: Some(a.to_string()),
+            how: "gcloud, for GCP_ACCOUNT".into(),
+        };
+    }
+    let config = env("CLOUDSDK_CONFIG")
+        .filter(|c| !c.is_empty())
+        .or_else(|| env("HOME").map(|h| format!("{h}/.config/gcloud")));
+    if let Some(adc) = config.map(|c| format!("{c}/application_default_credentials.json")) {
+        if std::path::Path::new(&adc).is_file() {
+            return Identity {
+                email: email_of(&adc),
+                how: format!("application default credentials ({adc})"),
+            };
+        }
+    }
+    Identity {
+        email: None,
+        how: GCLOUD_ACTIVE.into(),
+    }
+}
+
+/// [`Identity::how`] for gcloud's active account.
+const GCLOUD_ACTIVE: &str = "gcloud's active account (set GCP_ACCOUNT to name it)";
+
+/// [`identity`], with gcloud asked for its active account's e-mail when that is what
+/// [`resolve`] falls back to (`gcloud config get-value account`).
+pub async fn identity_with_gcloud(
+    account: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Identity {
+    let mut who = identity(account, env);
+    if who.email.is_none() && who.how == GCLOUD_ACTIVE {
+        let mut cmd = tokio::process::Command::new("gcloud");
+        cmd.args(["config", "get-value", "account", "--quiet"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Ok(Ok(out)) =
+            tokio::time::timeout(Duration::from_secs(GCLOUD_TIMEOUT_SECS), cmd.output()).await
+        {
+            let email = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && email.contains('@') {
+                who.email = Some(email);
+            }
+        }
+    }
+    who
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,20 @@ impl GpuKind {
         }
     }
 
+    /// The regional quota metric for this GPU (`NVIDIA_L4_GPUS`); Spot VMs draw on the
+    /// same name with `PREEMPTIBLE_` in front when the project has that quota.
+    pub fn quota_metric(self) -> &'static str {
+        match self {
+            GpuKind::T4 => "NVIDIA_T4_GPUS",
+            GpuKind::V100 => "NVIDIA_V100_GPUS",
+            GpuKind::P100 => "NVIDIA_P100_GPUS",
+            GpuKind::L4 => "NVIDIA_L4_GPUS",
+            GpuKind::A100 => "NVIDIA_A100_GPUS",
+            GpuKind::A100_80 => "NVIDIA_A100_80GB_GPUS",
+            GpuKind::H100 => "NVIDIA_H100_GPUS",
+        }
+    }
+
     pub fn attach(self) -> Attach {
         match self {
             GpuKind::T4 | GpuKind::V100 | GpuKind::P100 => Attach::GuestAccelerators,

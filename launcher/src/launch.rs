@@ -1,4 +1,5 @@
-//! The launch itself, after the plan: resolve the image family, push the code, upload the
+//! The launch itself, after the plan: resolve the image family, check that the zones offer
+//! the GPU and have quota for it ([`preflight`]), push the code, upload the
 //! agent if that object is missing, write the spec and a `launching` status, insert with
 //! zone failover, record where the VM landed, and print how to follow it.
 //!
@@ -19,6 +20,7 @@ use crate::body;
 use crate::failover::{self, FailoverError, Placed, OPERATION_DEADLINE_SECS};
 use crate::near_data;
 use crate::plan::LaunchPlan;
+use crate::preflight;
 
 /// What the code push produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,9 @@ pub enum LaunchError {
         #[source]
         source: ComputeError,
     },
+    /// The preflight found no zone that can start the VM (nothing was uploaded).
+    #[error("{0}; nothing was uploaded or created")]
+    Preflight(String),
     #[error("pushing the code failed: {0}")]
     Push(String),
     #[error("{what}: {source}")]
@@ -162,6 +167,35 @@ pub async fn launch(
         &source_image,
     )?;
 
+    // The cheap, decisive checks: zones that offer the GPU, quota for it. A run that
+    // cannot start fails here, in seconds, before anything is uploaded.
+    let findings = preflight::check(
+        deps.compute.as_ref(),
+        &plan.project,
+        &plan.hardware,
+        plan.spot,
+        &plan.zones,
+    )
+    .await;
+    if let Some(why) = findings.blocker(&plan.project) {
+        return Err(LaunchError::Preflight(why));
+    }
+    for z in &findings.zones {
+        if !findings.usable.contains(&z.zone) {
+            report(format!(
+                "zone {}: skipped ({})",
+                z.zone,
+                match &z.verdict {
+                    preflight::ZoneVerdict::NoSuchZone => "no such zone".to_string(),
+                    preflight::ZoneVerdict::LacksGpu =>
+                        format!("does not offer {}", findings.accelerator),
+                    _ => "no GPU quota left in its region".to_string(),
+                }
+            ));
+        }
+    }
+    let usable = findings.usable.clone();
+
     // 2. Code, agent, spec, status.
     let pushed = deps.pusher.push(deps.storage.clone(), plan).await?;
     report(format!(
@@ -203,14 +237,19 @@ pub async fn launch(
             for line in &order.lines {
                 report(format!("  {line}"));
             }
-            order.zones
+            // The preflight's verdicts still hold: a zone it skipped stays skipped.
+            order
+                .zones
+                .into_iter()
+                .filter(|z| usable.contains(z))
+                .collect()
         }
-        Ok(None) => plan.zones.clone(),
+        Ok(None) => usable.clone(),
         Err(e) => {
             report(format!(
                 "warning: could not read the bucket's location ({e}); trying the zones in their default order"
             ));
-            plan.zones.clone()
+            usable.clone()
         }
     };
 

@@ -5,14 +5,17 @@
 //! (values and their sources), [`plan`] (validation, no network), [`gpu`] (shorthands and
 //! machine families; [`zones`] the zones that exist and which offer each GPU), [`body`] (the `instances.insert` JSON), [`credentials`],
 //! [`launch`] with [`push`] (the sync engine) and [`failover`], then [`runs`] and
-//! [`report`] for the subcommands. [`local`] is the `--local` "VM": the same pipeline into
+//! [`report`] for the subcommands, and [`doctor`] (with [`preflight`], which a launch runs
+//! too) for the prerequisites. [`agent_bin`] finds and checks the static agent. [`local`] is the `--local` "VM": the same pipeline into
 //! a directory store, with a detached agent on this machine in place of the GPU VM.
 //! [`run`] dispatches; `main.rs` only parses, sets up logging and maps the result to an
 //! exit code.
 
+pub mod agent_bin;
 pub mod body;
 pub mod cli;
 pub mod credentials;
+pub mod doctor;
 pub mod failover;
 pub mod gpu;
 pub mod launch;
@@ -20,6 +23,7 @@ pub mod local;
 pub mod logview;
 pub mod near_data;
 pub mod plan;
+pub mod preflight;
 pub mod price_table;
 pub mod push;
 pub mod report;
@@ -75,6 +79,8 @@ pub enum Error {
     Pull(String),
     #[error(transparent)]
     Local(#[from] local::LocalError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -144,7 +150,9 @@ pub struct Context<'a> {
     pub env: &'a Env,
     /// The launcher's current directory (the project folder unless `-C` says otherwise).
     pub cwd: PathBuf,
-    /// The default agent binary (beside the launcher executable).
+    /// The default agent binary for local runs (`cloudrun-agent` beside the launcher
+    /// executable). Its folder is also where cloud runs look for the static agents
+    /// ([`agent_bin::candidates`]).
     pub default_agent: Option<PathBuf>,
     /// Token source to use instead of resolving credentials (tests).
     pub tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
@@ -270,6 +278,126 @@ fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
     (project, command)
 }
 
+/// The agent target a cloud run with these settings needs.
+fn agent_target(settings: &Settings) -> &'static str {
+    gpu::resolve(
+        settings.gpu.as_ref().map(|s| s.value.as_str()),
+        settings.machine_type.as_ref().map(|s| s.value.as_str()),
+    )
+    .map(|h| agent_bin::target_for_machine(&h.machine_type))
+    .unwrap_or(agent_bin::TARGET_X86_64)
+}
+
+/// Where the static agent for `target` is looked for when no setting names one.
+fn static_agent_candidates(settings: &Settings, ctx: &Context<'_>, target: &str) -> Vec<PathBuf> {
+    let launcher_dir = ctx.default_agent.as_deref().and_then(Path::parent);
+    agent_bin::candidates(launcher_dir, settings.data_dir.as_deref(), target)
+}
+
+/// The agent a local run starts when no setting names one: `cloudrun-agent` beside the
+/// launcher, else the installed static agent for this machine (`scripts/install.sh`
+/// installs only the static ones, and they run here as well as on a VM).
+fn local_agent(settings: &Settings, ctx: &Context<'_>) -> Option<PathBuf> {
+    if let Some(p) = ctx.default_agent.as_ref().filter(|p| p.is_file()) {
+        return Some(p.clone());
+    }
+    let host = match std::env::consts::ARCH {
+        "x86_64" if cfg!(target_os = "linux") => agent_bin::TARGET_X86_64,
+        "aarch64" if cfg!(target_os = "linux") => agent_bin::TARGET_AARCH64,
+        _ => return ctx.default_agent.clone(),
+    };
+    agent_bin::find(&static_agent_candidates(settings, ctx, host))
+        .or_else(|| ctx.default_agent.clone())
+}
+
+/// `cloudrun-launch --version`: this version and the agent a cloud run would upload.
+fn version_text(settings: &Settings, ctx: &Context<'_>) -> String {
+    let target = agent_target(settings);
+    let agent = match &settings.agent_binary {
+        Some(s) => format!(
+            "{} [from {}]",
+            agent_bin::describe(&s.value, target),
+            s.source
+        ),
+        None => {
+            let c = static_agent_candidates(settings, ctx, target);
+            match agent_bin::find(&c) {
+                Some(p) => agent_bin::describe(&p, target),
+                None => format!(
+                    "none found for {target} (looked in {}): install it with scripts/install.sh",
+                    c.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    format!(
+        "cloudrun-launch {}
+agent {agent}
+",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// `cloudrun-launch doctor`.
+async fn doctor_cmd(
+    settings: &Settings,
+    ctx: &Context<'_>,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<i32, Error> {
+    let mut report = doctor::Report::default();
+    let (line, inputs) = doctor::settings_check(settings);
+    report.checks.push(line);
+    let account = settings.account.as_ref().map(|s| s.value.as_str());
+    let who = credentials::identity_with_gcloud(account, &|k| (ctx.env)(k)).await;
+    let code = match inputs {
+        None => EXIT_SETTINGS,
+        Some(inputs) => match ctx.tokens(settings).await {
+            Err(e) => {
+                report.checks.push(doctor::Check {
+                    name: "credentials".into(),
+                    status: doctor::Status::Fail,
+                    detail: error_chain(&e).lines().next().unwrap_or_default().into(),
+                    fix: match &e {
+                        Error::Credentials(c) => Some(c.fix.clone()),
+                        _ => None,
+                    },
+                });
+                EXIT_FAILURE
+            }
+            Ok(tokens) => {
+                report.checks.push(doctor::Check {
+                    name: "credentials".into(),
+                    status: doctor::Status::Ok,
+                    detail: format!(
+                        "{} ({})",
+                        who.email.as_deref().unwrap_or("account e-mail unknown"),
+                        who.how
+                    ),
+                    fix: None,
+                });
+                let compute = ctx.compute(tokens.clone())?;
+                let clients = doctor::clients(&|k| (ctx.env)(k), tokens, compute, &inputs.bucket)?;
+                doctor::run_checks(&clients, &inputs, &who, &mut report).await;
+                if report.passed() {
+                    0
+                } else {
+                    EXIT_FAILURE
+                }
+            }
+        },
+    };
+    if json {
+        writeln!(out, "{}", report.json())?;
+    } else {
+        write!(out, "{}", report.text())?;
+    }
+    Ok(code)
+}
+
 fn settings_for(cli: &Cli, ctx: &Context<'_>) -> Settings {
     let (project_dir, _) = locate_project(cli, ctx);
     let env = |k: &str| (ctx.env)(k);
@@ -378,6 +506,10 @@ fn who(env: &Env) -> String {
 pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> Result<i32, Error> {
     let settings = settings_for(&cli, ctx);
     let now = Utc::now();
+    if cli.version {
+        write!(out, "{}", version_text(&settings, ctx))?;
+        return Ok(0);
+    }
     match &cli.command {
         Some(Command::Prices {
             refresh,
@@ -406,6 +538,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             write!(out, "{table}")?;
             Ok(0)
         }
+        Some(Command::Doctor { json }) => doctor_cmd(&settings, ctx, *json, out).await,
         Some(Command::Config) => {
             let agent = ctx.default_agent.as_deref();
             let defaults = |k: &str| plan::default_setting(&settings, k, agent);
@@ -536,7 +669,12 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             runs::sweep(&store, compute.as_ref(), &project, *yes, now, out).await?;
             Ok(0)
         }
-        Some(Command::Report { run, out: file }) => {
+        Some(Command::Report {
+            run,
+            out: file,
+            format,
+        }) => {
+            let format = report::Format::choose(*format, file.as_deref())?;
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run, &settings.project_dir).await?;
             let view = store.load(&id).await?;
@@ -546,17 +684,22 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
                 .map(|s| s.usd_per_hour)
                 .or(view.spec.as_ref().map(|s| s.price.usd_per_hour))
                 .unwrap_or(0.0);
-            let start = status.and_then(|s| s.agent_started_at);
-            let svg = report::svg(
-                &format!("cloudrun run {id} ({})", view.gpu()),
-                &samples,
-                start,
-                price,
-            );
-            let path = file
-                .clone()
-                .unwrap_or_else(|| ctx.cwd.join(format!("cloudrun-report-{id}.svg")));
-            std::fs::write(&path, svg)?;
+            let gpu = view.gpu();
+            let bytes = report::render(
+                &report::Report {
+                    run_id: id.to_string(),
+                    gpu: (gpu != "-").then_some(gpu),
+                    status,
+                    samples: &samples,
+                    usd_per_hour: price,
+                },
+                format,
+            )?;
+            let path = file.clone().unwrap_or_else(|| {
+                ctx.cwd
+                    .join(format!("cloudrun-report-{id}.{}", format.extension()))
+            });
+            std::fs::write(&path, bytes)?;
             writeln!(out, "{}", path.display())?;
             Ok(0)
         }
@@ -649,7 +792,7 @@ async fn launch_local(
             command: &command,
             now,
             prices: &prices,
-            default_agent: ctx.default_agent.clone(),
+            default_agent: local_agent(settings, ctx),
             storage_host: None,
             launched_by: who(ctx.env),
         },
@@ -771,6 +914,8 @@ async fn launch_cmd(
     let args = cli.launch_args();
     let (_, command) = locate_project(cli, ctx);
     let storage_host = (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty());
+    let target = agent_target(settings);
+    let default_agent = agent_bin::find(&static_agent_candidates(settings, ctx, target));
     let plan_with = |prices: &PriceBook| {
         plan::build(
             settings,
@@ -778,7 +923,7 @@ async fn launch_cmd(
                 command: &command,
                 now,
                 prices,
-                default_agent: ctx.default_agent.clone(),
+                default_agent: default_agent.clone(),
                 storage_host: storage_host.clone(),
                 launched_by: who(ctx.env),
             },
@@ -790,7 +935,14 @@ async fn launch_cmd(
     } else {
         load_prices_quietly(settings, ctx, None, false, now).await?
     };
-    plan_with(&offline.book)?;
+    let checked = plan_with(&offline.book)?;
+    // The VM runs the agent with its image's libraries, so only a static one will do.
+    // An emulated Compute on this machine boots its "VMs" here, where any agent runs.
+    let compute_base = endpoint_from(|k| (ctx.env)(k));
+    if !cloudrun::google_rest::is_loopback(&compute_base) {
+        agent_bin::check_for_vm(&checked.agent.path, target)
+            .map_err(|e| plan::Problems(vec![e.to_string()]))?;
+    }
     if args.dry_run {
         let mut plan = plan_with(&offline.book)?;
         plan.any_region = args.any_region;

@@ -897,7 +897,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
     let agent = match &agent_path {
         None => {
             p.push(format!(
-                "no agent binary: build it with scripts/build-agent.sh, then {}",
+                "no agent binary: install the static agent beside cloudrun-launch with scripts/install.sh (found there with no setting), or build it with scripts/build-agent.sh, then {}",
                 how_to_set("agent_binary", "/path/to/cloudrun-agent")
             ));
             None
@@ -1322,7 +1322,7 @@ pub(crate) mod tests {
         st.provider = s("local".into());
         st.gcs_dir = None;
         st.data_dir = Some(dir.path().join("data"));
-        let prices = PriceTable::builtin();
+        let prices = PriceBook::builtin();
         let cmd = vec!["main.py".to_string()];
         assert!(build_local(&st, &inputs(&cmd, &prices)).is_ok());
         st.gpu = s("x100".into());
@@ -1336,7 +1336,7 @@ pub(crate) mod tests {
     fn a_script_outside_the_project_folder_names_the_c_that_would_pack_it() {
         let dir = tempfile::tempdir().unwrap();
         let st = good(dir.path());
-        let prices = PriceTable::builtin();
+        let prices = PriceBook::builtin();
         let cmd = vec!["/elsewhere/sub/x.py".to_string()];
         let err = build(&st, &inputs(&cmd, &prices)).unwrap_err().to_string();
         assert!(

@@ -112,17 +112,30 @@ impl Store {
             return Err(RunsError::NoRuns(self.storage.describe()));
         }
         let here = crate::plan::project_key(project_dir);
+        // Ids sort by their start second; within one second the random suffix says
+        // nothing, so the runs of the newest matching second are ordered by the
+        // `created_at` their specs record.
+        let mut best: Option<(RunId, DateTime<Utc>)> = None;
         for id in ids.iter().rev() {
+            if let Some((found, _)) = &best {
+                if id.start_second() != found.start_second() {
+                    break;
+                }
+            }
             let mut ignored = Vec::new();
             let spec: Option<RunSpec> = self
                 .get_doc(&self.layout.spec(id), "spec.json", &mut ignored)
                 .await?;
-            if spec
-                .and_then(|s| s.origin)
-                .is_some_and(|o| o.project_dir == here)
-            {
-                return Ok(id.clone());
+            let Some(spec) = spec else { continue };
+            if spec.origin.is_none_or(|o| o.project_dir != here) {
+                continue;
             }
+            if best.as_ref().is_none_or(|(_, at)| spec.created_at > *at) {
+                best = Some((id.clone(), spec.created_at));
+            }
+        }
+        if let Some((id, _)) = best {
+            return Ok(id);
         }
         let newest = ids.last().map(|id| id.to_string());
         Err(RunsError::NoRunsHere {

@@ -190,6 +190,19 @@ fn readme_first_command_runs_the_quickstart_end_to_end() {
     assert_eq!(s["status"]["vm"], "local_exit", "{s:#}");
     assert_eq!(s["vm"]["alive"], false, "{s:#}");
     assert_eq!(s["spec"]["placement"]["provider"], "local");
+
+    // The report draws the phases the real agent recorded, and says why there is no
+    // utilisation line on a machine without nvidia-smi output.
+    let svg = home.path().join("report.svg");
+    let out = home.launch(
+        &root,
+        &["--local", "report", &run, "--out", svg.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    for needle in ["pull ", "training ", "final sync ", "GPU utilisation"] {
+        assert!(svg.contains(needle), "{needle:?} missing from {svg}");
+    }
 }
 
 /// A project whose job runs until stopped, for the live-run cases.

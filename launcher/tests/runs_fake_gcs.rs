@@ -51,6 +51,26 @@ async fn logs_follow_picks_up_new_chunks_until_the_run_ends() {
 }
 
 #[tokio::test]
+async fn pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file() {
+    let (b, dir) = fake_gcs();
+    let gcs = b._keep.downcast_ref::<FakeGcs>().unwrap();
+    scenario::pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file(
+        &b,
+        &dir.path().join("proj"),
+        |key, bytes| {
+            let file = gcs.object_file("cloudrun-runs", key);
+            assert!(
+                file.is_file(),
+                "{} is not where the object is",
+                file.display()
+            );
+            std::fs::write(file, bytes).unwrap();
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn pull_brings_outputs_into_the_project_and_only_changed_files_again() {
     let (b, dir) = fake_gcs();
     scenario::pull_brings_outputs_into_the_project_and_only_changed_files_again(

@@ -55,6 +55,29 @@ async fn pull_brings_outputs_into_the_project_and_only_changed_files_again() {
 }
 
 #[tokio::test]
+async fn pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file() {
+    let (b, dir) = local();
+    let root = b
+        ._keep
+        .downcast_ref::<tempfile::TempDir>()
+        .unwrap()
+        .path()
+        .to_path_buf();
+    scenario::pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file(
+        &b,
+        &dir.path().join("proj"),
+        |key, bytes| std::fs::write(root.join(key), bytes).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pulled_outputs_get_the_users_umask() {
+    let (b, dir) = local();
+    scenario::pulled_outputs_get_the_users_umask(&b, &dir.path().join("proj")).await;
+}
+
+#[tokio::test]
 async fn stop_writes_the_request_the_agent_polls_for() {
     let (b, dir) = local();
     scenario::stop_writes_the_request_the_agent_polls_for(&b, dir.path()).await;

@@ -101,6 +101,21 @@ impl Endpoint {
     }
 }
 
+/// The Bucket resource fields cloudrun reads (`buckets.get`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketInfo {
+    #[serde(default)]
+    pub name: String,
+    /// Upper case, as the API answers: `US-CENTRAL1`, a multi-region (`US`, `EU`, `ASIA`)
+    /// or a dual-region (`NAM4`).
+    #[serde(default)]
+    pub location: String,
+    /// `region`, `dual-region` or `multi-region`.
+    #[serde(default)]
+    pub location_type: String,
+}
+
 /// One bucket through the GCS JSON API. Cheap to clone (the HTTP client and token
 /// source are shared).
 #[derive(Clone)]
@@ -308,6 +323,44 @@ impl GcsStorage {
         let q = RESUMABLE_QUANTUM_BYTES;
         self.chunk_bytes = n.div_ceil(q).max(1) * q;
         self
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// `buckets.get`: the bucket's location, or `None` when it does not exist.
+    pub async fn get_bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
+        let url = format!("{}/b/{}", self.endpoint.json_base, self.bucket);
+        let what = format!("gs://{}", self.bucket);
+        let r = self
+            .retry
+            .run(&format!("get bucket {what}"), |_| async {
+                let rb = self.request(Method::GET, &url).await?;
+                let resp = self.send(&Method::GET, &url, rb).await?;
+                if !resp.status().is_success() {
+                    return Err(Self::error_of(&what, &Method::GET, &url, resp).await);
+                }
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|source| StorageError::Transport {
+                        method: "read".into(),
+                        url: crate::http::redact_url(&url),
+                        source,
+                    })?;
+                serde_json::from_slice::<BucketInfo>(&body).map_err(|e| StorageError::Protocol {
+                    url: crate::http::redact_url(&url),
+                    detail: format!("bucket JSON: {e}"),
+                })
+            })
+            .await;
+        match r {
+            Ok(b) => Ok(Some(b)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn object_url(&self, key: &str) -> String {
@@ -927,6 +980,17 @@ impl Storage for GcsStorage {
         }
         if crc.is_none() {
             crc = self.head(key).await?.and_then(|m| m.crc32c);
+        }
+        if crc.is_none() {
+            // GCS records a CRC32C for every object; a download that cannot be checked
+            // against it is refused rather than trusted.
+            return Err(StorageError::Integrity {
+                key: key.into(),
+                detail: format!(
+                    "{} reports no CRC32C for this object, so the download cannot be checked",
+                    self.describe()
+                ),
+            });
         }
         Ok(verify_stream(key.to_string(), stream, crc, stored_len))
     }

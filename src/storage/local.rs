@@ -2,11 +2,18 @@
 //!
 //! Object `a/b` is the file `<root>/a/b`, so a person can browse the "bucket" with `ls`.
 //! Checksums, generation and custom metadata live in a sidecar
-//! `<root>/.cloudrun-meta/<key>.json`, written after the data and trusted only while it
-//! matches the file's size and mtime (otherwise they are recomputed). Writes go to a
-//! temporary file in `<root>/.cloudrun-tmp/` and are renamed into place, so a reader
-//! never sees half an object; create-only writes use `link(2)`, which fails if the name
-//! exists, so two writers cannot both win.
+//! `<root>/.cloudrun-meta/<key>.json`. The sidecar is the store's record of the object,
+//! as GCS's object resource is: a file whose size or mtime no longer match its sidecar was
+//! changed behind the store's back, and a whole-object read checks its bytes against the
+//! *recorded* CRC32C and size, so a damaged file is an [`StorageError::Integrity`] error
+//! naming the object, never a download that silently replaces a good copy. (A file with
+//! no sidecar at all was put there by hand; its checksums are computed when it is read.)
+//! Writes go to a temporary file in `<root>/.cloudrun-tmp/` and are renamed into place,
+//! so a reader never sees half an object; create-only writes use `link(2)`, which fails if
+//! the name exists, so two writers cannot both win. The rename and the sidecar write are
+//! one step under an exclusive `flock(2)` on `<root>/.cloudrun-lock`; a reader that finds
+//! a file and its sidecar out of step takes the lock shared and looks again, so a write in
+//! progress is never mistaken for damage.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,6 +23,7 @@ use std::time::UNIX_EPOCH;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -26,6 +34,8 @@ use super::{
 const META_DIR: &str = ".cloudrun-meta";
 /// Directory (under the root) holding writes in progress.
 const TMP_DIR: &str = ".cloudrun-tmp";
+/// File (under the root) locked while an object and its sidecar change together.
+const COMMIT_LOCK: &str = ".cloudrun-lock";
 /// Read buffer for hashing and streaming files.
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -39,6 +49,10 @@ pub struct LocalStorage {
 struct Sidecar {
     size: u64,
     mtime_ns: i128,
+    /// The data file's inode: every write makes a new file, so this tells two writes of
+    /// the same size apart even when the clock did not move between them.
+    #[serde(default)]
+    ino: Option<u64>,
     crc32c: u32,
     md5: String,
     generation: i64,
@@ -46,6 +60,16 @@ struct Sidecar {
     content_type: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+}
+
+impl Sidecar {
+    /// Whether this record was written for the file as it is now (same size and mtime).
+    fn describes(&self, st: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.size == st.len()
+            && self.mtime_ns == mtime_ns(st)
+            && self.ino.is_none_or(|ino| ino == st.ino())
+    }
 }
 
 impl LocalStorage {
@@ -77,36 +101,94 @@ impl LocalStorage {
         self.root.join(META_DIR).join(format!("{key}.json"))
     }
 
+    /// The object's metadata, from its sidecar record; a file and record seen out of step
+    /// (a write committing right now) are looked at again under the commit lock.
     fn meta_blocking(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let path = self.path_of(key)?;
-        let st = match std::fs::metadata(&path) {
+        let Some((st, side)) = self.snapshot(key, &path)? else {
+            return Ok(None);
+        };
+        if side.as_ref().is_some_and(|s| !s.describes(&st)) {
+            // Looked at again under the lock; any hashing happens after it is released,
+            // so a damaged large file does not hold up every writer of the store.
+            let again = {
+                let _shared = self.lock(FlockArg::LockShared)?;
+                self.snapshot(key, &path)?
+            };
+            return match again {
+                Some((st, side)) => self.meta_of(key, &path, &st, side).map(Some),
+                None => Ok(None),
+            };
+        }
+        self.meta_of(key, &path, &st, side).map(Some)
+    }
+
+    /// [`Self::meta_blocking`] for a caller that already holds the commit lock.
+    fn meta_unlocked(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path_of(key)?;
+        match self.snapshot(key, &path)? {
+            Some((st, side)) => self.meta_of(key, &path, &st, side).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The data file's metadata and its sidecar (if one can be read); `None` if there is
+    /// no such object.
+    fn snapshot(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> Result<Option<(std::fs::Metadata, Option<Sidecar>)>, StorageError> {
+        let st = match std::fs::metadata(path) {
             Ok(st) if st.is_file() => st,
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io(&path, e)),
+            Err(e) => return Err(StorageError::io(path, e)),
         };
-        let mtime_ns = mtime_ns(&st);
-        let side: Option<Sidecar> = std::fs::read(self.sidecar_path(key))
+        Ok(Some((st, self.read_sidecar(key))))
+    }
+
+    fn read_sidecar(&self, key: &str) -> Option<Sidecar> {
+        std::fs::read(self.sidecar_path(key))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|s: &Sidecar| s.size == st.len() && s.mtime_ns == mtime_ns);
+    }
+
+    /// What the store says about an object: its sidecar record while the file still
+    /// matches it (same size and mtime, or the same contents after a `touch`); otherwise,
+    /// for a file put there by hand or changed behind the store's back, the file as it is
+    /// now, so that writers (push, mirror) see the damage and replace it. Reads check
+    /// against the record itself ([`Self::open_consistent`]), not against this.
+    fn meta_of(
+        &self,
+        key: &str,
+        path: &Path,
+        st: &std::fs::Metadata,
+        side: Option<Sidecar>,
+    ) -> Result<ObjectMeta, StorageError> {
         let side = match side {
-            Some(s) => s,
-            None => {
-                // Written by hand, or the sidecar is stale: recompute.
-                let (crc, md5, size) = hash_file(&path)?;
-                Sidecar {
-                    size,
-                    mtime_ns,
-                    crc32c: crc,
-                    md5,
-                    generation: mtime_ns as i64,
-                    content_type: None,
-                    metadata: BTreeMap::new(),
+            Some(s) if s.describes(st) => s,
+            side => {
+                let (crc, md5, size) = hash_file(path)?;
+                match side {
+                    Some(s) if s.size == size && s.crc32c == crc => s,
+                    _ => {
+                        let mtime_ns = mtime_ns(st);
+                        Sidecar {
+                            size,
+                            mtime_ns,
+                            ino: None,
+                            crc32c: crc,
+                            md5,
+                            generation: mtime_ns as i64,
+                            content_type: None,
+                            metadata: BTreeMap::new(),
+                        }
+                    }
                 }
             }
         };
-        Ok(Some(ObjectMeta {
+        Ok(ObjectMeta {
             key: key.to_string(),
             size: side.size,
             crc32c: Some(side.crc32c),
@@ -114,7 +196,65 @@ impl LocalStorage {
             generation: side.generation,
             updated: Some(DateTime::<Utc>::from(st.modified().unwrap_or(UNIX_EPOCH))),
             metadata: side.metadata,
-        }))
+        })
+    }
+
+    /// The commit lock, exclusive for a writer (created if needed), shared for a reader.
+    /// A reader that cannot open the lock (a store no writer has used yet, a read-only
+    /// directory) goes on without it: nothing can be committing there.
+    fn lock(&self, arg: FlockArg) -> Result<Option<Flock<std::fs::File>>, StorageError> {
+        let path = self.root.join(COMMIT_LOCK);
+        let exclusive = matches!(arg, FlockArg::LockExclusive);
+        let file = if exclusive {
+            std::fs::create_dir_all(&self.root).map_err(|e| StorageError::io(&self.root, e))?;
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        } else {
+            std::fs::File::open(&path)
+        };
+        let file = match file {
+            Ok(f) => f,
+            Err(_) if !exclusive => return Ok(None),
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        Flock::lock(file, arg)
+            .map(Some)
+            .map_err(|(_, errno)| StorageError::io(&path, std::io::Error::from(errno)))
+    }
+
+    /// The data file opened for reading, its metadata and its sidecar, consistent with each
+    /// other (looked at again under the commit lock if they were seen out of step).
+    fn open_consistent(
+        &self,
+        key: &str,
+    ) -> Result<(std::fs::File, std::fs::Metadata, Option<Sidecar>), StorageError> {
+        let path = self.path_of(key)?;
+        let open =
+            || -> Result<(std::fs::File, std::fs::Metadata, Option<Sidecar>), StorageError> {
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::NotFound { key: key.into() })
+                    }
+                    Err(e) => return Err(StorageError::io(&path, e)),
+                };
+                let st = file.metadata().map_err(|e| StorageError::io(&path, e))?;
+                if !st.is_file() {
+                    return Err(StorageError::NotFound { key: key.into() });
+                }
+                Ok((file, st, self.read_sidecar(key)))
+            };
+        let first = open()?;
+        if first.2.as_ref().is_none_or(|s| s.describes(&first.1)) {
+            return Ok(first);
+        }
+        drop(first);
+        let _shared = self.lock(FlockArg::LockShared)?;
+        open()
     }
 
     /// Write from `src` (a reader) to `key`; the common path of both puts.
@@ -157,6 +297,7 @@ impl LocalStorage {
         let parent = dest.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(parent).map_err(|e| StorageError::io(parent, e))?;
 
+        let _commit = self.lock(FlockArg::LockExclusive)?;
         match opts.if_generation_match {
             Some(0) => {
                 // link(2) fails if the name exists: an atomic create-only.
@@ -168,7 +309,7 @@ impl LocalStorage {
                 }
             }
             Some(want) => {
-                let current = self.meta_blocking(key)?.map(|m| m.generation);
+                let current = self.meta_unlocked(key)?.map(|m| m.generation);
                 if current != Some(want) {
                     return Err(StorageError::PreconditionFailed { key: key.into() });
                 }
@@ -184,6 +325,7 @@ impl LocalStorage {
         let side = Sidecar {
             size,
             mtime_ns: mtime_ns(&st),
+            ino: Some(std::os::unix::fs::MetadataExt::ino(&st)),
             crc32c: crc,
             md5: md5_to_base64(&md5::Digest::finalize(md5)),
             generation: next_generation(),
@@ -197,7 +339,7 @@ impl LocalStorage {
             &tmp_dir,
         )?;
         let meta = self
-            .meta_blocking(key)?
+            .meta_unlocked(key)?
             .ok_or_else(|| StorageError::NotFound { key: key.into() })?;
         if meta.crc32c != Some(crc) || meta.size != size {
             return Err(StorageError::Integrity {
@@ -300,35 +442,58 @@ impl Storage for LocalStorage {
         key: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<ByteStream, StorageError> {
-        let meta = self
-            .head(key)
-            .await?
-            .ok_or_else(|| StorageError::NotFound { key: key.into() })?;
+        let this = self.clone();
+        let k = key.to_string();
+        let (file, st, side) = blocking(move || this.open_consistent(&k)).await?;
         let path = self.path_of(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageError::io(&path, e))?;
-        let (start, end) = match range {
-            Some((s, e)) => (s.min(meta.size), e.unwrap_or(meta.size).min(meta.size)),
-            None => (0, meta.size),
+        let mut file = tokio::fs::File::from_std(file);
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match range {
+            Some((s, e)) => {
+                let size = st.len();
+                let (start, end) = (s.min(size), e.unwrap_or(size).min(size));
+                if start > 0 {
+                    file.seek(std::io::SeekFrom::Start(start))
+                        .await
+                        .map_err(|e| StorageError::io(&path, e))?;
+                }
+                Box::new(file.take(end.saturating_sub(start)))
+            }
+            // The whole file, however long it has become: the check below compares it
+            // with the recorded size.
+            None => Box::new(file),
         };
-        if start > 0 {
-            use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|e| StorageError::io(&path, e))?;
-        }
-        use tokio::io::AsyncReadExt;
-        let limited = file.take(end.saturating_sub(start));
         let p2 = path.clone();
-        let s = tokio_util::io::ReaderStream::with_capacity(limited, READ_CHUNK_BYTES);
+        let s = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK_BYTES);
         let s: ByteStream = Box::pin(futures::StreamExt::map(s, move |r| {
             r.map_err(|e| StorageError::io(&p2, e))
         }));
-        Ok(match range {
-            None => verify_stream(key.to_string(), s, meta.crc32c, Some(meta.size)),
-            Some(_) => s,
-        })
+        if range.is_some() {
+            return Ok(s);
+        }
+        // Checked against the record written with the object; a file put there by hand
+        // has none, and only its length is checked.
+        let (crc, len) = match &side {
+            Some(rec) => (Some(rec.crc32c), rec.size),
+            None => (None, st.len()),
+        };
+        let hint = format!(
+            "{} no longer holds the bytes stored under this name (changed or damaged after \
+             it was written; its record is {}): put the object again, or delete the record \
+             to accept the file as it is",
+            path.display(),
+            self.sidecar_path(key).display()
+        );
+        let checked = verify_stream(key.to_string(), s, crc, Some(len));
+        Ok(Box::pin(futures::StreamExt::map(checked, move |r| {
+            r.map_err(|e| match e {
+                StorageError::Integrity { key, detail } => StorageError::Integrity {
+                    key,
+                    detail: format!("{detail}; {hint}"),
+                },
+                other => other,
+            })
+        })))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
@@ -344,16 +509,21 @@ impl Storage for LocalStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StorageError> {
-        let path = self.path_of(key)?;
-        let side = self.sidecar_path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {
-                let _ = tokio::fs::remove_file(&side).await;
-                Ok(true)
+        let this = self.clone();
+        let key = key.to_string();
+        blocking(move || {
+            let path = this.path_of(&key)?;
+            let _commit = this.lock(FlockArg::LockExclusive)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(this.sidecar_path(&key));
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StorageError::io(&path, e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StorageError::io(&path, e)),
-        }
+        })
+        .await
     }
 }
 
@@ -538,6 +708,135 @@ mod tests {
         assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
     }
 
+    /// Rewrite an object's file behind the store's back (a new mtime, as an editor, a
+    /// stray script or a damaged disk leaves it); its sidecar still holds the record.
+    fn change_behind_the_stores_back(s: &LocalStorage, key: &str, data: &[u8]) {
+        std::fs::write(s.root().join(key), data).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_behind_the_stores_back_fails_against_its_recorded_checksum() {
+        let (d, s) = store();
+        let key = "runs/r/outputs/model/weights.pt";
+        let mut opts = PutOptions::default();
+        opts.metadata
+            .insert(super::super::META_SHA256.into(), "sha-of-good".into());
+        let put = s
+            .put_bytes(key, Bytes::from_static(b"good weights"), &opts)
+            .await
+            .unwrap();
+        change_behind_the_stores_back(&s, key, b"evil weights");
+
+        // Writers see the file as it is (so that a push or a mirror replaces it) ...
+        let head = s.head(key).await.unwrap().unwrap();
+        assert_eq!(head.size, put.size);
+        assert_ne!(head.crc32c, put.crc32c);
+        assert!(!head.metadata.contains_key(super::super::META_SHA256));
+        // ... and a read is checked against the record, naming the object and the fix.
+        let err = s.get_bytes(key).await.unwrap_err();
+        match &err {
+            StorageError::Integrity { key: k, detail } => {
+                assert_eq!(k, key);
+                assert!(detail.contains(".cloudrun-meta/"), "{detail}");
+                assert!(detail.contains("put the object again"), "{detail}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains(key), "{err}");
+
+        // A download over a good local copy leaves it as it was, and no temporary file.
+        let dest = d.path().join("project/model/weights.pt");
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(&dest, b"older weights").unwrap();
+        let err = s.get_to_file(key, &dest).await.unwrap_err();
+        assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"older weights");
+        assert_eq!(
+            std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+            1
+        );
+
+        // Grown (the recorded prefix intact) is damage too, not a truncated success.
+        change_behind_the_stores_back(&s, key, b"good weights and more");
+        let err = s.get_bytes(key).await.unwrap_err();
+        assert!(matches!(err, StorageError::Integrity { .. }), "{err}");
+
+        // Putting the object again is the fix.
+        s.put_bytes(key, Bytes::from_static(b"new weights"), &opts)
+            .await
+            .unwrap();
+        assert_eq!(&s.get_bytes(key).await.unwrap()[..], b"new weights");
+    }
+
+    fn opts_metadata() -> BTreeMap<String, String> {
+        BTreeMap::from([("step".to_string(), "7".to_string())])
+    }
+
+    #[tokio::test]
+    async fn a_touched_file_and_a_file_put_there_by_hand_read_back() {
+        let (_d, s) = store();
+        let opts = PutOptions {
+            metadata: opts_metadata(),
+            ..PutOptions::default()
+        };
+        s.put_bytes("a", Bytes::from_static(b"same"), &opts)
+            .await
+            .unwrap();
+        // Same bytes, another mtime (`touch`, a copy that kept nothing): still the object.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(s.root().join("a"))
+            .unwrap();
+        f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            .unwrap();
+        assert_eq!(&s.get_bytes("a").await.unwrap()[..], b"same");
+        let m = s.head("a").await.unwrap().unwrap();
+        assert_eq!(m.metadata, opts_metadata(), "the record still counts");
+
+        // No sidecar at all: checksums are computed from the file.
+        std::fs::write(s.root().join("by-hand.txt"), b"hand made").unwrap();
+        let m = s.head("by-hand.txt").await.unwrap().unwrap();
+        assert_eq!(m.crc32c, Some(crc32c::crc32c(b"hand made")));
+        assert_eq!(&s.get_bytes("by-hand.txt").await.unwrap()[..], b"hand made");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_mistake_a_rewrite_in_progress_for_damage() {
+        /// Rewrites raced against whole-object reads.
+        const REWRITES: usize = 300;
+        let (_d, s) = store();
+        let versions: [&[u8]; 3] = [b"v1", b"version two", b"v3 is the longest of them all"];
+        s.put_bytes(
+            "status.json",
+            Bytes::from_static(versions[0]),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (s, done) = (s.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0usize;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let got = s.get_bytes("status.json").await.unwrap();
+                    assert!(versions.contains(&&got[..]), "{got:?}");
+                    s.head("status.json").await.unwrap().unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..REWRITES {
+            let v = versions[i % versions.len()];
+            s.put_bytes("status.json", Bytes::from_static(v), &PutOptions::default())
+                .await
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(reader.await.unwrap() > 0);
+    }
+
     #[tokio::test]
     async fn a_declared_crc32c_that_does_not_match_stores_nothing() {
         let (_d, s) = store();
@@ -585,5 +884,13 @@ mod tests {
             data.len() as u64
         );
         assert_eq!(std::fs::read(&dest).unwrap(), data);
+        // The user's umask decides the mode, as for any file they create, not 0600.
+        use std::os::unix::fs::PermissionsExt;
+        let umask = crate::sync::test_util::ensure_umask_allows_group_read();
+        let dest = d.path().join("out/dir/again.bin");
+        s.get_to_file("big", &dest).await.unwrap();
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, super::super::DOWNLOAD_MODE & !umask);
+        assert_ne!(mode, 0o600);
     }
 }

@@ -35,6 +35,10 @@ pub const META_FILE_MTIME: &str = "goog-reserved-file-mtime";
 /// engine on mirrored files).
 pub const META_SHA256: &str = "cloudrun-sha256";
 
+/// Mode a downloaded file is created with, before the umask (what `open(2)` with
+/// `O_CREAT` and `cp` use for a plain file).
+pub const DOWNLOAD_MODE: u32 = 0o666;
+
 /// What the store says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -217,8 +221,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 
     /// Download `key` into `dest` atomically: written to a temporary file beside it,
-    /// checked, flushed, then renamed over `dest`. Returns the number of bytes.
+    /// checked against the store's recorded checksum, flushed, then renamed over `dest`;
+    /// on any failure `dest` is as it was. The new file gets the mode a file created by
+    /// the user gets (0666 less the umask), not the temporary file's 0600. Returns the
+    /// number of bytes.
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64, StorageError> {
+        use std::os::unix::fs::PermissionsExt;
         use tokio::io::AsyncWriteExt;
         let dir = dest.parent().unwrap_or(Path::new("."));
         tokio::fs::create_dir_all(dir)
@@ -226,6 +234,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
             .map_err(|e| StorageError::io(dir, e))?;
         let tmp = tempfile::Builder::new()
             .prefix(".cloudrun-dl-")
+            .permissions(std::fs::Permissions::from_mode(DOWNLOAD_MODE))
             .tempfile_in(dir)
             .map_err(|e| StorageError::io(dir, e))?;
         let (std_file, tmp_path) = tmp.into_parts();

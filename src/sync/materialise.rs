@@ -400,6 +400,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_blob_changed_behind_the_stores_back_fails_the_stores_own_check() {
+        let f = pushed().await;
+        let key = f.layout.blob(&sha256_hex(b"class M: pass\n"));
+        // Rewritten with a new mtime: the store's record still holds the pushed checksum.
+        std::fs::write(f.store.root().join(&key), b"class X: pass\n").unwrap();
+        let out = f.d.path().join("out");
+        let err = materialise(f.store.clone(), &f.layout, &f.manifest, &out, 1)
+            .await
+            .unwrap_err();
+        assert!(err.is_integrity(), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&key) && msg.contains("its record is"), "{msg}");
+        assert!(!out.join("src/model.py").exists());
+        assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    }
+
+    #[tokio::test]
     async fn a_blob_with_other_contents_is_caught_by_its_sha256() {
         let f = pushed().await;
         // Consistent with its own CRC32C, but not what the manifest names.

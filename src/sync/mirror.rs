@@ -834,6 +834,37 @@ mod tests {
         assert_eq!(read_tree(&out), want);
     }
 
+    #[tokio::test]
+    async fn pull_of_a_damaged_object_is_an_error_naming_it_and_keeps_the_local_file() {
+        let (d, store, ckpt) = setup();
+        write(&ckpt, "model.pt", b"weights v2");
+        write(&ckpt, "step.txt", b"200");
+        mirror_dir(store.clone(), &ckpt, PREFIX, &mut MirrorState::default(), 2)
+            .await
+            .unwrap();
+        let out = d.path().join("pulled");
+        write(&out, "model.pt", b"weights v1"); // an older local copy
+                                                // The stored output changes after it was mirrored; its record still says v2.
+        let stored = store.inner.root().join(format!("{PREFIX}model.pt"));
+        std::fs::write(&stored, b"weights XX").unwrap();
+
+        let err = pull_prefix(store.clone(), PREFIX, &out, 2)
+            .await
+            .unwrap_err();
+        assert!(err.is_integrity(), "{err}");
+        assert!(
+            err.to_string().contains(&format!("{PREFIX}model.pt")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(out.join("model.pt")).unwrap(), b"weights v1");
+        assert!(crate::sync::test_util::leftovers(&out).is_empty());
+
+        // Missing locally: nothing is created for the damaged object.
+        std::fs::remove_file(out.join("model.pt")).unwrap();
+        assert!(pull_prefix(store.clone(), PREFIX, &out, 1).await.is_err());
+        assert!(!out.join("model.pt").exists());
+    }
+
     fn fake_object(key: &str) -> ObjectMeta {
         ObjectMeta {
             key: key.into(),

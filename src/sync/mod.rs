@@ -332,4 +332,4 @@ fn progress_bar(wanted: bool, total: u64, msg: &str) -> indicatif::ProgressBar {
 }
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;

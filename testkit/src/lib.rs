@@ -187,12 +187,24 @@ pub struct FakeGcs {
     child: Option<Child>,
     port: u16,
     root: PathBuf,
+    /// `-location`: what `buckets.get` answers for every bucket (`US-CENTRAL1` unless set).
+    location: Option<String>,
     _dir: TempDir,
 }
 
 impl FakeGcs {
     /// Start it and wait until it answers.
     pub fn start() -> FakeGcs {
+        Self::start_with(None)
+    }
+
+    /// Start it with every bucket in `location` (e.g. `EUROPE-WEST4`): fake-gcs-server
+    /// ignores the location of a bucket insert and answers its `-location` flag instead.
+    pub fn start_in(location: &str) -> FakeGcs {
+        Self::start_with(Some(location.to_string()))
+    }
+
+    fn start_with(location: Option<String>) -> FakeGcs {
         let dir = TempDir::new("fake-gcs");
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).unwrap();
@@ -200,6 +212,7 @@ impl FakeGcs {
             child: None,
             port: free_port(),
             root,
+            location,
             _dir: dir,
         };
         f.restart();
@@ -221,6 +234,13 @@ impl FakeGcs {
         create_bucket(self.port, name);
     }
 
+    /// The file holding an object's bytes in the filesystem backend
+    /// (`<root>/<bucket>/<name>`), to damage it behind the server's back: its recorded
+    /// CRC32C (kept beside the bytes, not in them) stays as it was.
+    pub fn object_file(&self, bucket: &str, name: &str) -> PathBuf {
+        self.root.join(bucket).join(name)
+    }
+
     /// Kill the server (the port goes dark; data stays on disk).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -232,7 +252,11 @@ impl FakeGcs {
     /// Start it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();
-        let mut child = Command::new(fake_gcs_binary())
+        let mut cmd = Command::new(fake_gcs_binary());
+        if let Some(l) = &self.location {
+            cmd.args(["-location", l]);
+        }
+        let mut child = cmd
             .args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
             .arg(self.port.to_string())
             .args(["-backend", "filesystem", "-filesystem-root"])

@@ -473,3 +473,201 @@ fn a_booted_vm_runs_its_startup_script_and_dies_with_the_instance() {
         .any(|ev| ev.instance.ends_with("vm-deadline") && ev.what.contains("maxRunDuration")));
     assert!(e.calls_to("DELETE", "/instances/vm-deadline").is_empty());
 }
+
+const VALIDATE_ANY: &str = r#"
+import sys
+from google.cloud import compute_v1, service_usage_v1
+from google.iam.v1 import policy_pb2, iam_policy_pb2
+from google.protobuf import json_format
+bad = 0
+for arg in sys.argv[1:]:
+    typ, path = arg.split("=", 1)
+    mod, name = typ.split(".", 1)
+    text = open(path).read()
+    try:
+        if mod == "iam":
+            cls = getattr(policy_pb2, name, None) or getattr(iam_policy_pb2, name)
+            json_format.Parse(text, cls())  # strict: unknown fields are errors
+        else:
+            getattr({"compute": compute_v1, "serviceusage": service_usage_v1}[mod], name).from_json(text)
+    except Exception as e:
+        bad += 1
+        print(f"{typ} {path}: {e}")
+sys.exit(1 if bad else 0)
+"#;
+
+/// The prerequisite endpoints (`projects.get`, `regions.get`, `acceleratorTypes`, Service
+/// Usage, Resource Manager, IAM) answer in Google's shapes, and each switch breaks
+/// exactly the answer it names.
+#[test]
+fn prerequisite_endpoints_answer_in_googles_shapes_and_each_switch_breaks_one() {
+    let e = GceEmulator::start(GceConfig {
+        boot: false,
+        ..GceConfig::default()
+    });
+    let sa = e.default_service_account();
+    let p = "/compute/v1/projects/test-proj";
+    let mut docs: Vec<(&str, Value)> = Vec::new();
+    let (st, proj) = call(&e, "GET", p, "");
+    assert_eq!(st, 200, "{proj}");
+    assert_eq!(proj["defaultServiceAccount"], sa.as_str());
+    assert_eq!(proj["id"], "123456789012", "uint64 as a string");
+    docs.push(("compute.Project", proj.clone()));
+    let (_, region) = call(&e, "GET", &format!("{p}/regions/us-central1"), "");
+    let quota = |v: &Value, m: &str| {
+        v["quotas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["metric"] == m)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(quota(&region, "NVIDIA_L4_GPUS")["limit"], 8.0, "{region}");
+    docs.push(("compute.Region", region));
+    let (_, list) = call(&e, "GET", &zpath("us-central1-a", "acceleratorTypes"), "");
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "nvidia-l4"));
+    docs.push(("compute.AcceleratorTypeList", list));
+    e.set_zone_gpus("us-east1-c", &[]);
+    let (_, agg) = call(&e, "GET", &format!("{p}/aggregated/acceleratorTypes"), "");
+    assert!(
+        agg["items"]["zones/us-east1-c"]["warning"].is_object(),
+        "{agg}"
+    );
+    docs.push(("compute.AcceleratorTypeAggregatedList", agg));
+    e.deprecate_family("common-cu121");
+    let (_, img) = call(
+        &e,
+        "GET",
+        "/compute/v1/projects/deeplearning-platform-release/global/images/family/common-cu121",
+        "",
+    );
+    assert_eq!(img["deprecated"]["state"], "DEPRECATED", "{img}");
+    docs.push(("compute.Image", img));
+    let (_, svc) = call(
+        &e,
+        "GET",
+        "/v1/projects/test-proj/services/compute.googleapis.com",
+        "",
+    );
+    assert_eq!(svc["state"], "ENABLED");
+    docs.push(("serviceusage.Service", svc));
+    let (st, policy) = call(
+        &e,
+        "POST",
+        "/v3/projects/test-proj:getIamPolicy",
+        r#"{"options":{"requestedPolicyVersion":3}}"#,
+    );
+    assert_eq!(st, 200, "{policy}");
+    let member = format!("serviceAccount:{sa}");
+    let holds = |pol: &Value| {
+        pol["bindings"].as_array().unwrap().iter().any(|b| {
+            b["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == &member)
+        })
+    };
+    assert!(holds(&policy), "{policy}");
+    docs.push(("iam.Policy", policy));
+    let test_path = format!("/v1/projects/test-proj/serviceAccounts/{sa}:testIamPermissions");
+    let perms = r#"{"permissions":["iam.serviceAccounts.actAs"]}"#;
+    let (_, granted) = call(&e, "POST", &test_path, perms);
+    assert_eq!(granted["permissions"][0], "iam.serviceAccounts.actAs");
+    docs.push(("iam.TestIamPermissionsResponse", granted));
+    // The request bodies the launcher sends, as Google's request types.
+    docs.push((
+        "iam.GetIamPolicyRequest",
+        json!({"resource": "projects/test-proj", "options": {"requestedPolicyVersion": 3}}),
+    ));
+    docs.push((
+        "iam.TestIamPermissionsRequest",
+        json!({"resource": format!("projects/test-proj/serviceAccounts/{sa}"), "permissions": ["iam.serviceAccounts.actAs"]}),
+    ));
+
+    // Each switch breaks its one answer.
+    e.disable_service("compute.googleapis.com");
+    let (_, svc) = call(
+        &e,
+        "GET",
+        "/v1/projects/test-proj/services/compute.googleapis.com",
+        "",
+    );
+    assert_eq!(svc["state"], "DISABLED");
+    let (_, other) = call(
+        &e,
+        "GET",
+        "/v1/projects/test-proj/services/cloudbilling.googleapis.com",
+        "",
+    );
+    assert_eq!(other["state"], "ENABLED");
+    e.set_region_quota("us-central1", "NVIDIA_L4_GPUS", 0.0, 0.0);
+    let (_, region) = call(&e, "GET", &format!("{p}/regions/us-central1"), "");
+    assert_eq!(quota(&region, "NVIDIA_L4_GPUS")["limit"], 0.0);
+    let (_, east) = call(&e, "GET", &format!("{p}/regions/us-east1"), "");
+    assert_eq!(quota(&east, "NVIDIA_L4_GPUS")["limit"], 8.0);
+    e.set_project_quota("GPUS_ALL_REGIONS", 1.0, 1.0);
+    let (_, proj) = call(&e, "GET", p, "");
+    assert_eq!(quota(&proj, "GPUS_ALL_REGIONS")["usage"], 1.0);
+    e.set_zone_gpus("us-central1-b", &["nvidia-tesla-t4"]);
+    let (_, list) = call(&e, "GET", &zpath("us-central1-b", "acceleratorTypes"), "");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (st, _) = call(&e, "GET", &zpath("us-central1-z", "acceleratorTypes"), "");
+    assert_eq!(st, 404, "a zone that does not exist");
+    e.revoke_all_roles(&member);
+    let (_, policy) = call(&e, "POST", "/v3/projects/test-proj:getIamPolicy", "{}");
+    assert!(!holds(&policy), "{policy}");
+    e.set_act_as(false);
+    let (_, denied) = call(&e, "POST", &test_path, perms);
+    assert_eq!(denied, json!({}), "no permission granted");
+    docs.push(("iam.TestIamPermissionsResponse", denied));
+    e.delete_service_account(&sa);
+    let (st, _) = call(
+        &e,
+        "GET",
+        &format!("/v1/projects/test-proj/serviceAccounts/{sa}"),
+        "",
+    );
+    assert_eq!(st, 404);
+    e.retire_family("common-cu121");
+    let (st, gone) = call(
+        &e,
+        "GET",
+        "/compute/v1/projects/deeplearning-platform-release/global/images/family/common-cu121",
+        "",
+    );
+    assert_eq!((st, gone["error"]["code"].clone()), (404, json!(404)));
+
+    let Some(py) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no python with Google's types: run scripts/setup-test-env.sh or set CLOUDRUN_TEST_PYTHON"
+        );
+        eprintln!("SKIPPED the schema half: no .venv-emu python (scripts/setup-test-env.sh)");
+        return;
+    };
+    let dir = cloudrun_testkit::TempDir::new("prereq-schema");
+    let mut args = Vec::new();
+    for (n, (typ, v)) in docs.iter().enumerate() {
+        let path = dir.path().join(format!("{n}.json"));
+        std::fs::write(&path, v.to_string()).unwrap();
+        args.push(format!("{typ}={}", path.display()));
+    }
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(VALIDATE_ANY)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the prerequisite endpoints drifted from Google's types:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -259,6 +259,48 @@ async fn record_auth(State(s): State<S>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// GPU types every zone of the fake offers (its zones differ only in how inserts end).
+const GPUS: [&str; 7] = [
+    "nvidia-tesla-t4",
+    "nvidia-tesla-v100",
+    "nvidia-tesla-p100",
+    "nvidia-l4",
+    "nvidia-tesla-a100",
+    "nvidia-a100-80gb",
+    "nvidia-h100-80gb",
+];
+
+async fn accelerator_types(P((_p, zone)): P<(String, String)>) -> Json<Value> {
+    let items: Vec<Value> = GPUS
+        .iter()
+        .map(|g| json!({"kind": "compute#acceleratorType", "name": g, "zone": format!("{PROJECT_URL}/zones/{zone}"), "maximumCardsPerInstance": 8}))
+        .collect();
+    Json(json!({"kind": "compute#acceleratorTypeList", "items": items}))
+}
+
+/// Room for 8 of every GPU in every region: quota failures in this fake arrive late, in
+/// the insert's Operation ([`Zone::Quota`]), as they do when a quota is used up meanwhile.
+async fn region(P((_p, r)): P<(String, String)>) -> Json<Value> {
+    let quotas: Vec<Value> = [
+        "NVIDIA_T4_GPUS",
+        "NVIDIA_V100_GPUS",
+        "NVIDIA_P100_GPUS",
+        "NVIDIA_L4_GPUS",
+        "NVIDIA_A100_GPUS",
+        "NVIDIA_A100_80GB_GPUS",
+        "NVIDIA_H100_GPUS",
+    ]
+    .iter()
+    .map(|m| json!({"metric": m, "limit": 8.0, "usage": 0.0}))
+    .collect();
+    Json(json!({"kind": "compute#region", "name": r, "status": "UP", "quotas": quotas}))
+}
+
+async fn project(P(p): P<String>) -> Json<Value> {
+    Json(json!({"kind": "compute#project", "name": p, "id": "123",
+        "quotas": [{"metric": "GPUS_ALL_REGIONS", "limit": 16.0, "usage": 0.0}]}))
+}
+
 /// Start the fake on a loopback port; returns it and its base URL
 /// (`http://127.0.0.1:PORT/compute/v1/`, for `CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`).
 pub async fn start(zones: &[(&str, Zone)]) -> (S, String) {
@@ -284,6 +326,12 @@ pub async fn start(zones: &[(&str, Zone)]) -> (S, String) {
             "/compute/v1/projects/{p}/global/images/family/{f}",
             get(family),
         )
+        .route(
+            "/compute/v1/projects/{p}/zones/{z}/acceleratorTypes",
+            get(accelerator_types),
+        )
+        .route("/compute/v1/projects/{p}/regions/{r}", get(region))
+        .route("/compute/v1/projects/{p}", get(project))
         .layer(middleware::from_fn_with_state(fake.clone(), record_auth))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

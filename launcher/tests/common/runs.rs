@@ -68,7 +68,7 @@ pub fn spec_from(b: &Backend, id: &RunId, from: &Path) -> String {
     serde_json::json!({
         "schema": cloudrun::spec::SPEC_SCHEMA,
         "run_id": id.as_str(),
-        "created_at": "2026-11-26T07:00:00Z",
+        "created_at": created_at_of(id),
         "store": b.gcs_dir,
         "job": {"command": ["python3", "main.py"]},
         "price": {"usd_per_hour": 3.6, "source": "test"},
@@ -79,6 +79,31 @@ pub fn spec_from(b: &Backend, id: &RunId, from: &Path) -> String {
     })
     .to_string()
 }
+
+/// When a test run was created: its id's second, or for the ids of
+/// [`same_second_runs`] the moments within that second that make the smaller suffix the
+/// newer run.
+fn created_at_of(id: &RunId) -> String {
+    let s = id.as_str();
+    let frac = match s {
+        SAME_SECOND_OLDER => ".100",
+        SAME_SECOND_NEWER => ".900",
+        _ => "",
+    };
+    format!(
+        "{}-{}-{}T{}:{}:{}{frac}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
+/// Two runs started in the same second, the later one with the smaller random suffix.
+const SAME_SECOND_OLDER: &str = "20261126-090000-ffff";
+const SAME_SECOND_NEWER: &str = "20261126-090000-0001";
 
 /// One run per phase, launched from the project folder `from`; each has logs, metrics
 /// and an output file.
@@ -245,6 +270,53 @@ pub async fn pull_brings_outputs_into_the_project_and_only_changed_files_again(
     assert!(elsewhere.join("checkpoint/epoch2.pt").is_file());
 }
 
+/// `damage(key, bytes)` rewrites a stored object behind the store's back, keeping its
+/// recorded checksum. `proj` is the project folder (the launcher's cwd).
+pub async fn pull_of_a_damaged_output_fails_naming_it_and_keeps_the_local_file(
+    b: &Backend,
+    proj: &Path,
+    damage: impl FnOnce(&str, &[u8]),
+) {
+    seed(b, proj).await;
+    let id = "20261126-070000-0006";
+    let key = format!(
+        "{}checkpoint/epoch2.pt",
+        b.layout.outputs_prefix(&RunId::parse(id).unwrap())
+    );
+    std::fs::create_dir_all(proj.join("checkpoint")).unwrap();
+    std::fs::write(proj.join("checkpoint/epoch2.pt"), "older").unwrap();
+    damage(&key, b"WEIGHTS"); // the same length as the stored "weights"
+    let err = b.invoker(proj).try_cmd(&["pull", id]).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&key) && msg.contains("integrity"), "{msg}");
+    assert_eq!(
+        std::fs::read_to_string(proj.join("checkpoint/epoch2.pt")).unwrap(),
+        "older"
+    );
+    assert_eq!(
+        std::fs::read_dir(proj.join("checkpoint")).unwrap().count(),
+        1
+    );
+}
+
+/// Pulled files get the mode the user's umask gives a new file, not 0600.
+pub async fn pulled_outputs_get_the_users_umask(b: &Backend, proj: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // A umask that keeps group read, so that "applied" and "0600" differ.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let umask = 0o022;
+    seed(b, proj).await;
+    std::fs::create_dir_all(proj).unwrap();
+    let (code, _) = b.invoker(proj).cmd(&["pull", "20261126-070000-0006"]).await;
+    assert_eq!(code, 0);
+    let mode = std::fs::metadata(proj.join("checkpoint/epoch2.pt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o666 & !umask, "{mode:o}");
+}
+
 pub async fn stop_writes_the_request_the_agent_polls_for(b: &Backend, cwd: &Path) {
     seed(b, cwd).await;
     let inv = b.invoker(cwd);
@@ -285,9 +357,32 @@ pub async fn report_writes_an_svg(b: &Backend, dir: &Path) {
     assert!(out.contains("r.svg"));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(
-        text.starts_with("<svg") && text.contains("cumulative cost"),
+        text.starts_with("<svg") && text.contains("cost billed at $3.60/h"),
         "{text}"
     );
+    // PNG: by the file name, or by --format with the default name.
+    let png = dir.join("r.png");
+    b.invoker(dir)
+        .cmd(&["report", "latest", "--out", png.to_str().unwrap()])
+        .await;
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    let (_, out) = b
+        .invoker(dir)
+        .cmd(&["report", "20261126-070000-0006", "--format", "png"])
+        .await;
+    assert!(
+        out.contains("cloudrun-report-20261126-070000-0006.png"),
+        "{out}"
+    );
+    assert!(dir
+        .join("cloudrun-report-20261126-070000-0006.png")
+        .is_file());
+    let err = b
+        .invoker(dir)
+        .try_cmd(&["report", "latest", "--out", "r.jpg"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(".svg or .png"), "{err}");
 }
 
 pub async fn an_unknown_run_says_how_to_list_runs(b: &Backend, cwd: &Path) {
@@ -361,6 +456,27 @@ pub async fn latest_is_the_newest_run_of_this_project_folder(b: &Backend, dir: &
             && err.contains(newer.as_str())
             && err.contains("-C DIR"),
         "{err}"
+    );
+    // Two launches of project A in one second: the random suffix does not decide which
+    // is `latest`, the spec's `created_at` does.
+    let (first, second) = (
+        RunId::parse(SAME_SECOND_OLDER).unwrap(),
+        RunId::parse(SAME_SECOND_NEWER).unwrap(),
+    );
+    for id in [&first, &second] {
+        let mut s = RunStatus::launching(id.clone(), Utc::now(), 1.0);
+        s.phase = Phase::Running;
+        put(st, &l.status(id), s.to_json()).await;
+        put(st, &l.spec(id), spec_from(b, id, &a)).await;
+    }
+    let (_, out) = b.invoker(&a).cmd(&["stop", "latest"]).await;
+    assert!(
+        out.contains(&format!("asked run {second} to stop")),
+        "{out}"
+    );
+    assert!(
+        st.head(&l.stop_request(&first)).await.unwrap().is_none(),
+        "stop latest chose the older of two runs started in one second"
     );
 }
 

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{vm, Call, Inst, Shared, ZoneState};
+use super::{prereqs, vm, Call, Inst, Shared, ZoneState};
 
 type S = Arc<Shared>;
 type Q = Query<BTreeMap<String, String>>;
@@ -55,6 +55,26 @@ pub(crate) fn router(shared: S) -> Router {
             "/compute/v1/projects/{p}/zones/{z}/operations/{o}/wait",
             post(wait_op),
         )
+        .route("/compute/v1/projects/{p}", get(prereqs::project_get))
+        .route(
+            "/compute/v1/projects/{p}/regions/{r}",
+            get(prereqs::region_get),
+        )
+        .route(
+            "/compute/v1/projects/{p}/zones/{z}/acceleratorTypes",
+            get(prereqs::accelerator_list),
+        )
+        .route(
+            "/compute/v1/projects/{p}/aggregated/acceleratorTypes",
+            get(prereqs::accelerator_aggregated),
+        )
+        .route("/v1/projects/{p}/services/{s}", get(prereqs::service_get))
+        .route("/v3/projects/{rest}", post(prereqs::resource_manager_post))
+        .route(
+            "/v1/projects/{p}/serviceAccounts/{e}",
+            get(prereqs::service_account_get).post(prereqs::service_account_post),
+        )
+        .route("/v1/projects/{p}/roles/{r}", get(prereqs::role_get))
         .fallback(not_found_route)
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
@@ -1024,11 +1044,18 @@ async fn family(
     Path((p, f)): Path<(String, String)>,
     _h: HeaderMap,
 ) -> Response {
-    if s.cfg.retired_families.iter().any(|r| r == &f) {
+    let (retired, deprecated) = {
+        let st = s.lock();
+        (
+            st.prereqs.retired_families.contains(&f),
+            st.prereqs.deprecated_families.contains(&f),
+        )
+    };
+    if retired || s.cfg.retired_families.iter().any(|r| r == &f) {
         return not_found(&format!("projects/{p}/global/images/family/{f}"));
     }
     let name = format!("{f}-v20261101");
-    Json(json!({
+    let mut v = json!({
         "kind": "compute#image",
         "id": "4823417284618223851",
         "creationTimestamp": "2026-11-01T10:00:00.000-07:00",
@@ -1042,6 +1069,13 @@ async fn family(
         "licenses": [format!("{}projects/{p}/global/licenses/dlvm", s.base())],
         "guestOsFeatures": [{"type": "UEFI_COMPATIBLE"}, {"type": "GVNIC"}],
         "architecture": "X86_64",
-    }))
-    .into_response()
+    });
+    if deprecated {
+        v["deprecated"] = json!({
+            "state": "DEPRECATED",
+            "replacement": format!("{}projects/{p}/global/images/{f}-next-v20261201", s.base()),
+            "deprecated": "2026-11-15T00:00:00.000-08:00",
+        });
+    }
+    Json(v).into_response()
 }

@@ -30,6 +30,7 @@
 
 mod compute;
 mod metadata;
+pub mod prereqs;
 mod vm;
 
 use std::collections::{BTreeMap, HashMap};
@@ -209,6 +210,8 @@ pub(crate) struct State {
     pub gpus_visible: Option<u32>,
     /// Roots of deleted VMs, kept for assertions.
     pub old_roots: BTreeMap<String, PathBuf>,
+    /// APIs, quotas, zones' GPUs, IAM: what a first launch needs.
+    pub prereqs: prereqs::Prereqs,
 }
 
 pub(crate) struct Shared {
@@ -294,6 +297,7 @@ impl GceEmulator {
                 gpu: cfg.gpu,
                 gpus_visible: cfg.gpus_visible,
                 old_roots: BTreeMap::new(),
+                prereqs: prereqs::Prereqs::new(&cfg.project, cfg.project_number),
             }),
             next_id: AtomicU64::new(1_000_000_000_000 + u64::from(port)),
             rt: rt.handle().clone(),
@@ -372,6 +376,117 @@ impl GceEmulator {
     /// Disarm every fault armed with [`GceEmulator::fail_next`].
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
+    }
+
+    /// Turn an API off for the project (Service Usage answers `DISABLED`), e.g.
+    /// `compute.googleapis.com`.
+    pub fn disable_service(&self, service: &str) {
+        self.shared
+            .lock()
+            .prereqs
+            .disabled_services
+            .insert(service.to_string());
+    }
+
+    /// Set one regional quota (`regions.get`), e.g. `("us-central1", "NVIDIA_L4_GPUS", 0, 0)`.
+    pub fn set_region_quota(&self, region: &str, metric: &str, limit: f64, usage: f64) {
+        self.shared
+            .lock()
+            .prereqs
+            .region_quotas
+            .insert((region.to_string(), metric.to_string()), (limit, usage));
+    }
+
+    /// Set one project-wide quota (`projects.get`), e.g. `GPUS_ALL_REGIONS`.
+    pub fn set_project_quota(&self, metric: &str, limit: f64, usage: f64) {
+        self.shared
+            .lock()
+            .prereqs
+            .project_quotas
+            .insert(metric.to_string(), (limit, usage));
+    }
+
+    /// The accelerator types `zone` offers (replacing "every GPU"); an unknown zone name
+    /// becomes a zone that exists.
+    pub fn set_zone_gpus(&self, zone: &str, gpus: &[&str]) {
+        self.shared.lock().prereqs.zone_gpus.insert(
+            zone.to_string(),
+            gpus.iter().map(|g| g.to_string()).collect(),
+        );
+    }
+
+    /// Remove `member` (`serviceAccount:E`, `user:E`) from every role of the project's
+    /// IAM policy.
+    pub fn revoke_all_roles(&self, member: &str) {
+        for members in self.shared.lock().prereqs.bindings.values_mut() {
+            members.remove(member);
+        }
+    }
+
+    /// Grant `role` (`roles/…` or `projects/P/roles/…`) to `member` on the project.
+    pub fn grant_role(&self, role: &str, member: &str) {
+        self.shared
+            .lock()
+            .prereqs
+            .bindings
+            .entry(role.to_string())
+            .or_default()
+            .insert(member.to_string());
+    }
+
+    /// Define a custom role (`projects/P/roles/R`) with these permissions.
+    pub fn define_custom_role(&self, name: &str, permissions: &[&str]) {
+        self.shared.lock().prereqs.custom_roles.insert(
+            name.to_string(),
+            permissions.iter().map(|p| p.to_string()).collect(),
+        );
+    }
+
+    /// Delete a service account (IAM then answers 404 for it).
+    pub fn delete_service_account(&self, email: &str) {
+        self.shared.lock().prereqs.service_accounts.remove(email);
+    }
+
+    /// Whether the caller may attach service accounts to VMs (`iam.serviceAccounts.actAs`).
+    pub fn set_act_as(&self, allowed: bool) {
+        self.shared.lock().prereqs.act_as = allowed;
+    }
+
+    /// Retire an image family now (`images.getFromFamily` answers 404).
+    pub fn retire_family(&self, family: &str) {
+        self.shared
+            .lock()
+            .prereqs
+            .retired_families
+            .insert(family.to_string());
+    }
+
+    /// Deprecate an image family's image (still served, with `deprecated.state`).
+    pub fn deprecate_family(&self, family: &str) {
+        self.shared
+            .lock()
+            .prereqs
+            .deprecated_families
+            .insert(family.to_string());
+    }
+
+    /// The project's default compute service account.
+    pub fn default_service_account(&self) -> String {
+        prereqs::default_service_account(self.shared.cfg.project_number)
+    }
+
+    /// The e-mail of the key [`GceEmulator::write_service_account_key`] writes.
+    pub fn launcher_account(&self) -> String {
+        format!(
+            "launcher@{}.iam.gserviceaccount.com",
+            self.shared.cfg.project
+        )
+    }
+
+    /// The root URL for the other APIs this server emulates (Service Usage, Resource
+    /// Manager, IAM): `http://127.0.0.1:PORT/`.
+    pub fn api_root(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.shared.port)
     }
 
     /// Every Compute call so far, in arrival order.
