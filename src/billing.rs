@@ -164,6 +164,25 @@ impl Split {
         }
         out
     }
+
+    /// The same split on one line, for a plot's caption.
+    pub fn one_line(&self) -> String {
+        let l =
+            |name: &str, i: &SplitItem| format!("{name} ${:.2} ({})", i.usd, format_secs(i.secs));
+        let mut parts = vec![
+            l("boot and pull", &self.boot_and_pull),
+            l("setup", &self.setup),
+            l("training", &self.training),
+            l("final sync", &self.final_sync),
+        ];
+        if let Some(i) = &self.idle_tail {
+            parts.push(l("of it idle (wasted)", i));
+        }
+        if let Some(i) = &self.after_last_checkpoint {
+            parts.push(l("since last checkpoint", i));
+        }
+        parts.join(" · ")
+    }
 }
 
 impl Receipt {

@@ -27,6 +27,8 @@ const WIDTH_PX: u32 = 1000;
 const HEIGHT_PX: u32 = 500;
 /// Height of the title block (title and one line of summary) above the legend.
 const TITLE_PX: u32 = 52;
+/// Height added to the title block by the line that says where the money went.
+const SPEND_LINE_PX: u32 = 20;
 /// Height of the legend row between the title and the plot.
 const LEGEND_PX: u32 = 26;
 /// Shortest time axis drawn, in seconds (so that a run of a few seconds still has ticks).
@@ -290,6 +292,15 @@ fn summary(r: &Report) -> String {
     parts.join(" · ")
 }
 
+/// Where the money went (the receipt's split), when the run was billed and has one.
+fn spend_line(r: &Report) -> Option<String> {
+    let rc = r.status?.receipt.as_ref()?;
+    if rc.usd_per_hour <= 0.0 {
+        return None;
+    }
+    Some(format!("spent on: {}", rc.split.as_ref()?.one_line()))
+}
+
 /// Why there is no utilisation line.
 fn no_samples_note(status: Option<&RunStatus>) -> String {
     match status {
@@ -439,7 +450,9 @@ where
         x += width + 18;
     }
     let legend_px = LEGEND_PX * (row as u32 + 1);
-    let (head, rest) = root.split_vertically(TITLE_PX);
+    let spend = spend_line(r);
+    let title_px = TITLE_PX + if spend.is_some() { SPEND_LINE_PX } else { 0 };
+    let (head, rest) = root.split_vertically(title_px);
     let (legend, body) = rest.split_vertically(legend_px);
 
     // Title block.
@@ -455,6 +468,14 @@ where
         font(TEXT_FONT_PX).color(&GREY),
     ))
     .map_err(draw_err)?;
+    if let Some(spend) = spend {
+        head.draw(&Text::new(
+            spend,
+            (16, TITLE_PX as i32 - 2),
+            font(TEXT_FONT_PX).color(&GREY),
+        ))
+        .map_err(draw_err)?;
+    }
 
     for (swatch, text, x, row) in placed {
         let y = row * LEGEND_PX as i32 + (LEGEND_PX / 2) as i32;
@@ -905,6 +926,51 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), labels.len(), "{labels:?}");
+    }
+
+    #[test]
+    fn the_plot_says_where_the_money_went_with_the_idle_window_paid_for() {
+        let mut s = ended(3.6);
+        s.end.as_mut().unwrap().reason = EndReason::GpuIdle;
+        let rc = s.receipt.as_mut().unwrap();
+        rc.split = Some(cloudrun::billing::Split::compute(
+            &cloudrun::billing::Marks {
+                started_at: t(0),
+                pulled_at: Some(t(20)),
+                job_started_at: Some(t(60)),
+                job_ended_at: Some(t(600)),
+                ended_at: t(615),
+                last_verified_outputs_at: Some(t(600)),
+                idle_window_secs: Some(300),
+                lost_work: false,
+            },
+            rc.billed_secs,
+            3.6,
+        ));
+        let all = texts(&svg(&report(Some(&s), &[sample(60, Some(50.0))], 3.6)));
+        let spend = all
+            .iter()
+            .find(|t| t.starts_with("spent on: "))
+            .unwrap_or_else(|| panic!("no spend line: {all:?}"));
+        for part in [
+            "boot and pull $",
+            "setup $",
+            "training $",
+            "final sync $",
+            "of it idle (wasted) $0.30 (5m 00s)",
+        ] {
+            assert!(spend.contains(part), "{part} missing: {spend}");
+        }
+        // A receipt without a split (an older agent's) draws no such line.
+        let plain = texts(&svg(&report(
+            Some(&ended(3.6)),
+            &[sample(60, Some(50.0))],
+            3.6,
+        )));
+        assert!(
+            !plain.iter().any(|t| t.starts_with("spent on: ")),
+            "{plain:?}"
+        );
     }
 
     #[test]
