@@ -4,7 +4,9 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`agent`] | the run in order, the supervisor loop, teardown, delete / power-off |
+//! | [`agent`] | the run in order, the supervisor loop, the teardown's plan and its steps |
+//! | [`watch`] | the watchers: GPU samples, stop request, preemption, SIGTERM, output passes |
+//! | [`vm`] | the VM's own Compute calls: keep its boot disk, delete it, power it off |
 //! | [`policy`] | GPU idle, stall, budget and max-time decisions over injected time |
 //! | [`process`] | the job's process: group, signals, exit, adoption |
 //! | [`shim`] | `job-shim`: the parent that holds the job, switches its user, records its exit |
@@ -35,6 +37,8 @@ pub mod state;
 pub mod token;
 pub mod transfer;
 pub mod user;
+pub mod vm;
+pub mod watch;
 pub mod webhook;
 
 use std::path::PathBuf;
