@@ -58,7 +58,7 @@ impl Agent {
         let job_ended_at = self.deps.clock.now();
         self.watchers.cancel();
         self.outputs_stop.cancel();
-        if let Some(t) = self.tails.take() {
+        if let Some(t) = self.shipping.tails.take() {
             t.finish(Duration::from_secs(READER_DRAIN_SECS)).await;
         }
 
@@ -98,7 +98,12 @@ impl Agent {
         let logs_ok = self.finish_logs(deadline).await;
         let (mtx, mrx) = oneshot::channel();
         let metrics_ok = tokio::time::timeout_at(deadline, async {
-            self.metrics_tx.send(MetricsMsg::Finish(mtx)).await.is_ok() && mrx.await == Ok(true)
+            self.shipping
+                .metrics_tx
+                .send(MetricsMsg::Finish(mtx))
+                .await
+                .is_ok()
+                && mrx.await == Ok(true)
         })
         .await;
         if metrics_ok != Ok(true) {
@@ -106,7 +111,7 @@ impl Agent {
                 .warnings
                 .push("the last GPU samples could not be stored".into());
         }
-        if let Some(t) = self.metrics_task.take() {
+        if let Some(t) = self.shipping.metrics_task.take() {
             join_until(t, deadline).await;
         }
         if !logs_ok {
@@ -115,8 +120,8 @@ impl Agent {
                 .push("the end of the job's log could not be stored".into());
         }
         // No heartbeat may land after the final status: let one under way finish.
-        self.status_tx = None;
-        if let Some(t) = self.status_task.take() {
+        self.shipping.status_tx = None;
+        if let Some(t) = self.shipping.status_task.take() {
             let drain = tokio::time::Instant::now() + Duration::from_secs(HEARTBEAT_DRAIN_SECS);
             join_until(t, deadline.max(drain)).await;
         }
@@ -131,12 +136,12 @@ impl Agent {
     /// Flush the job's log, by `deadline`; whether everything reached the store.
     async fn finish_logs(&mut self, deadline: tokio::time::Instant) -> bool {
         let (tx, rx) = oneshot::channel();
-        let log_tx = self.log_tx.clone();
+        let log_tx = self.shipping.log_tx.clone();
         let ok = tokio::time::timeout_at(deadline, async {
             log_tx.send(LogMsg::Finish(tx)).await.is_ok() && rx.await == Ok(true)
         })
         .await;
-        if let Some(t) = self.log_task.take() {
+        if let Some(t) = self.shipping.log_task.take() {
             join_until(t, deadline).await;
         }
         ok == Ok(true)

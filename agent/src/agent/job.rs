@@ -347,7 +347,7 @@ impl Agent {
 
     /// Let the tails read what the process that just ended wrote.
     pub(super) async fn drain_readers(&mut self) {
-        if let Some(t) = &self.tails {
+        if let Some(t) = &self.shipping.tails {
             t.catch_up(Duration::from_secs(READER_DRAIN_SECS)).await;
         }
     }

@@ -89,7 +89,7 @@ impl Agent {
         self.status.billed_secs = receipt.billed_secs;
         self.status.cost_usd = receipt.total_usd;
         self.status.gpu_note = self.policies.gpu_note();
-        self.status.last_output_at = self.activity.last().or(self.status.last_output_at);
+        self.status.last_output_at = self.shipping.activity.last().or(self.status.last_output_at);
         self.status.end = Some(end.clone());
         self.status.receipt = Some(receipt);
         self.status.kept_disk = kept_disk.clone();

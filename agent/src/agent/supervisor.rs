@@ -58,8 +58,8 @@ impl Agent {
         self.status.billed_secs = billed;
         self.status.cost_usd = cost;
         self.status.gpu_note = self.policies.gpu_note();
-        self.status.last_output_at = self.activity.last().or(self.status.last_output_at);
-        if let Some(tx) = &self.status_tx {
+        self.status.last_output_at = self.shipping.activity.last().or(self.status.last_output_at);
+        if let Some(tx) = &self.shipping.status_tx {
             tx.send_replace(Some(self.status.clone()));
         }
     }
@@ -74,7 +74,10 @@ impl Agent {
         match ev {
             Event::Gpu(state, sample) => {
                 self.policies.observe_gpu(&state, &sample);
-                let _ = self.metrics_tx.try_send(MetricsMsg::Sample(sample.clone()));
+                let _ = self
+                    .shipping
+                    .metrics_tx
+                    .try_send(MetricsMsg::Sample(sample.clone()));
                 self.status.last_gpu = Some(sample);
                 self.observe_gpu_wait(&state);
                 self.last_gpu_state = Some(state);
@@ -119,7 +122,7 @@ impl Agent {
     }
 
     fn check_policies(&mut self) -> Option<EndInfo> {
-        if let Some(at) = self.activity.last() {
+        if let Some(at) = self.shipping.activity.last() {
             self.policies.observe_activity(at);
         }
         let (decision, notices) = self.policies.check(self.deps.clock.now());

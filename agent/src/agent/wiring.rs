@@ -84,18 +84,11 @@ pub(super) struct Agent {
     pub(super) policies: Policies,
     pub(super) events_rx: mpsc::Receiver<Event>,
     pub(super) events_tx: mpsc::Sender<Event>,
-    pub(super) log_tx: mpsc::Sender<LogMsg>,
-    pub(super) log_task: Option<JoinHandle<()>>,
-    pub(super) metrics_tx: mpsc::Sender<MetricsMsg>,
-    pub(super) metrics_task: Option<JoinHandle<()>>,
-    pub(super) status_tx: Option<watch::Sender<Option<RunStatus>>>,
-    pub(super) status_task: Option<JoinHandle<()>>,
+    pub(super) shipping: Shipping,
     pub(super) watchers: CancellationToken,
     pub(super) outputs_stop: CancellationToken,
     pub(super) outputs_task: Option<JoinHandle<()>>,
     pub(super) outputs: Arc<dyn Outputs>,
-    pub(super) activity: Arc<Activity>,
-    pub(super) tails: Option<Tails>,
     pub(super) webhook: Option<Webhook>,
     pub(super) setup_secs: u64,
     pub(super) final_sync_verified: bool,
@@ -124,76 +117,20 @@ impl Agent {
         state: AgentState,
         state_path: PathBuf,
     ) -> Agent {
-        let run = spec.run_id.clone();
         let now = deps.clock.now();
-        let storage = deps.storage.clone();
-        let layout = deps.layout.clone();
-        let mut status = match storage.get_bytes(&layout.status(&run)).await {
-            Ok(b) => RunStatus::from_json(&String::from_utf8_lossy(&b)).ok(),
-            Err(_) => None,
-        }
-        .unwrap_or_else(|| {
-            let mut s = RunStatus::launching(run.clone(), now, spec.price.usd_per_hour);
-            s.launched_at = None;
-            s
-        });
-        status.agent_started_at = Some(state.agent_started_at);
-        status.usd_per_hour = spec.price.usd_per_hour;
-        status.budget_usd = spec.policies.budget_usd;
-        status.instance = deps.vm.as_ref().map(|v| v.instance.clone());
+        let status = read_status(&spec, &deps, &state, now).await;
         let mut policies = Policies::new(&spec, state.agent_started_at);
         if state.budget_warned {
             policies.set_budget_warned();
         }
 
-        let log_seq = logs::next_seq(storage.as_ref(), &layout.logs_prefix(&run), now).await;
-        let cursor_path = settings.state_dir.join(logs::CURSOR_FILE_NAME);
-        let from = logs::resume_cursor(storage.as_ref(), &layout, &run, &cursor_path).await;
-        let metrics_seq = logs::next_seq(storage.as_ref(), &layout.metrics_prefix(&run), now).await;
-        let mut sinks = settings.sinks.clone();
-        sinks.local_file = Some(settings.state_dir.join("job.log"));
-        let (log_tx, log_rx) = mpsc::channel(1024);
-        let shipper = LogShipper::new(
-            storage.clone(),
-            layout.clone(),
-            run.clone(),
-            log_seq,
-            &sinks,
-        )
-        .with_cursor(cursor_path, from);
-        let output = logs::output_paths(&settings.state_dir);
-        if let Some(d) = output.0.parent() {
-            if let Err(e) = std::fs::create_dir_all(d) {
-                tracing::warn!("creating {}: {e}", d.display());
-            }
-        }
-        let activity = Arc::new(Activity::default());
-        let tails = Tails::start(
-            output,
-            from,
-            log_tx.clone(),
-            activity.clone(),
-            deps.clock.clone(),
-        );
-        let flush = Duration::from_secs(spec.policies.intervals.log_flush_secs);
-        let log_task = tokio::spawn(shipper.run(log_rx, flush));
-        let beat = Duration::from_secs(spec.policies.intervals.heartbeat_secs);
-        let (metrics_tx, metrics_task) = report::spawn_metrics(
-            storage.clone(),
-            layout.clone(),
-            run.clone(),
-            metrics_seq,
-            beat,
-        );
-        let (status_tx, status_task) =
-            report::spawn_status_writer(storage.clone(), layout.status(&run));
-
+        let shipping = Shipping::start(&spec, &settings, &deps, now).await;
         let outputs: Arc<dyn Outputs> = match &deps.outputs {
             Some(o) => o.clone(),
             None => Arc::new(MirroredOutputs::new(
-                storage.clone(),
-                &layout,
-                &run,
+                deps.storage.clone(),
+                &deps.layout,
+                &spec.run_id,
                 &job_dir(&settings, &spec),
                 &spec.job.output_dirs,
                 &settings.state_dir,
@@ -211,18 +148,11 @@ impl Agent {
             policies,
             events_rx,
             events_tx,
-            log_tx,
-            log_task: Some(log_task),
-            metrics_tx,
-            metrics_task: Some(metrics_task),
-            status_tx: Some(status_tx),
-            status_task: Some(status_task),
+            shipping,
             watchers: CancellationToken::new(),
             outputs_stop: CancellationToken::new(),
             outputs_task: None,
             outputs,
-            activity,
-            tails: Some(tails),
             webhook,
             setup_secs: 0,
             final_sync_verified: false,
@@ -250,13 +180,19 @@ impl Agent {
     /// A line in the job log (and the agent's own log) from the agent.
     pub(super) fn note(&self, msg: &str) {
         tracing::info!("{msg}");
-        let _ = self.log_tx.try_send(LogMsg::Line(LogLine::agent(msg)));
+        let _ = self
+            .shipping
+            .log_tx
+            .try_send(LogMsg::Line(LogLine::agent(msg)));
     }
 
     /// A warning in the job log and the agent's own log.
     pub(super) fn note_warning(&self, msg: &str) {
         tracing::warn!("{msg}");
-        let _ = self.log_tx.try_send(LogMsg::Line(LogLine::agent(msg)));
+        let _ = self
+            .shipping
+            .log_tx
+            .try_send(LogMsg::Line(LogLine::agent(msg)));
     }
 
     /// Where the shim records the exit of the process `name` names.
@@ -312,6 +248,127 @@ impl Agent {
         }
         if self.settings.handle_sigterm {
             crate::watch::sigterm::spawn(self.watchers.clone(), self.events_tx.clone());
+        }
+    }
+}
+
+/// The run's status as an earlier agent (or the launcher) left it, or a new one, with this
+/// start's price, budget and instance.
+async fn read_status(
+    spec: &RunSpec,
+    deps: &Deps,
+    state: &AgentState,
+    now: DateTime<Utc>,
+) -> RunStatus {
+    let run = &spec.run_id;
+    let mut status = match deps.storage.get_bytes(&deps.layout.status(run)).await {
+        Ok(b) => RunStatus::from_json(&String::from_utf8_lossy(&b)).ok(),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| {
+        let mut s = RunStatus::launching(run.clone(), now, spec.price.usd_per_hour);
+        s.launched_at = None;
+        s
+    });
+    status.agent_started_at = Some(state.agent_started_at);
+    status.usd_per_hour = spec.price.usd_per_hour;
+    status.budget_usd = spec.policies.budget_usd;
+    status.instance = deps.vm.as_ref().map(|v| v.instance.clone());
+    status
+}
+
+/// The background tasks that carry the run to the store: the log shipper fed by the
+/// output tails, the metrics batches and the heartbeat's status writer. The final sync
+/// finishes each of them.
+pub(super) struct Shipping {
+    pub(super) log_tx: mpsc::Sender<LogMsg>,
+    pub(super) log_task: Option<JoinHandle<()>>,
+    pub(super) metrics_tx: mpsc::Sender<MetricsMsg>,
+    pub(super) metrics_task: Option<JoinHandle<()>>,
+    /// `None` once the final status is near: no heartbeat may land after it.
+    pub(super) status_tx: Option<watch::Sender<Option<RunStatus>>>,
+    pub(super) status_task: Option<JoinHandle<()>>,
+    /// When the job last wrote a line.
+    pub(super) activity: Arc<Activity>,
+    pub(super) tails: Option<Tails>,
+}
+
+impl Shipping {
+    /// Continue the log and metrics sequences and the log cursor an earlier agent left,
+    /// and start the tasks.
+    async fn start(
+        spec: &RunSpec,
+        settings: &Settings,
+        deps: &Deps,
+        now: DateTime<Utc>,
+    ) -> Shipping {
+        let log_seq = logs::next_seq(
+            deps.storage.as_ref(),
+            &deps.layout.logs_prefix(&spec.run_id),
+            now,
+        )
+        .await;
+        let cursor_path = settings.state_dir.join(logs::CURSOR_FILE_NAME);
+        let from = logs::resume_cursor(
+            deps.storage.as_ref(),
+            &deps.layout,
+            &spec.run_id,
+            &cursor_path,
+        )
+        .await;
+        let metrics_seq = logs::next_seq(
+            deps.storage.as_ref(),
+            &deps.layout.metrics_prefix(&spec.run_id),
+            now,
+        )
+        .await;
+        let mut sinks = settings.sinks.clone();
+        sinks.local_file = Some(settings.state_dir.join("job.log"));
+        let (log_tx, log_rx) = mpsc::channel(1024);
+        let shipper = LogShipper::new(
+            deps.storage.clone(),
+            deps.layout.clone(),
+            spec.run_id.clone(),
+            log_seq,
+            &sinks,
+        )
+        .with_cursor(cursor_path, from);
+        let output = logs::output_paths(&settings.state_dir);
+        if let Some(d) = output.0.parent() {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                tracing::warn!("creating {}: {e}", d.display());
+            }
+        }
+        let activity = Arc::new(Activity::default());
+        let tails = Tails::start(
+            output,
+            from,
+            log_tx.clone(),
+            activity.clone(),
+            deps.clock.clone(),
+        );
+        let flush = Duration::from_secs(spec.policies.intervals.log_flush_secs);
+        let log_task = tokio::spawn(shipper.run(log_rx, flush));
+        let beat = Duration::from_secs(spec.policies.intervals.heartbeat_secs);
+        let (metrics_tx, metrics_task) = report::spawn_metrics(
+            deps.storage.clone(),
+            deps.layout.clone(),
+            spec.run_id.clone(),
+            metrics_seq,
+            beat,
+        );
+        let (status_tx, status_task) =
+            report::spawn_status_writer(deps.storage.clone(), deps.layout.status(&spec.run_id));
+
+        Shipping {
+            log_tx,
+            log_task: Some(log_task),
+            metrics_tx,
+            metrics_task: Some(metrics_task),
+            status_tx: Some(status_tx),
+            status_task: Some(status_task),
+            activity,
+            tails: Some(tails),
         }
     }
 }
