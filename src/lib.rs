@@ -19,6 +19,7 @@ pub mod prices;
 pub mod procfs;
 pub mod retry;
 pub mod run_id;
+pub mod run_store;
 pub mod spec;
 pub mod status;
 pub mod storage;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudrun::compute::{Compute, ComputeError};
+use cloudrun::run_store::{RunStore, RunStoreError};
 use cloudrun::status::{InstanceRef, RunStatus};
 use cloudrun::storage::{PutOptions, Storage, StorageError};
 
@@ -84,6 +84,8 @@ pub enum LaunchError {
     Failover(#[from] FailoverError),
     #[error(transparent)]
     NoNearZone(#[from] near_data::NoNearZone),
+    #[error(transparent)]
+    Docs(#[from] RunStoreError),
 }
 
 /// A created run.
@@ -211,14 +213,11 @@ pub async fn launch(
             &plan.agent.sha256[..12.min(plan.agent.sha256.len())]
         ));
     }
-    let spec_key = plan.layout.spec(&plan.run_id);
-    deps.storage
-        .put_bytes(&spec_key, Bytes::from(plan.spec.to_json()), &json_opts())
-        .await
-        .map_err(storage_err(format!("writing {spec_key}")))?;
+    let docs = RunStore::new(deps.storage.clone(), plan.layout.clone());
+    docs.put_spec(&plan.spec).await?;
     let mut status = RunStatus::launching(plan.run_id.clone(), now, plan.estimate.usd_per_hour);
     status.budget_usd = plan.spec.policies.budget_usd;
-    write_status(deps.storage.as_ref(), plan, &status).await?;
+    docs.put_status(&status).await?;
 
     // 3. The zones: near the data first (the bucket's location, read once).
     let zones = match deps.storage.bucket_location().await {
@@ -274,30 +273,14 @@ pub async fn launch(
         zone: placed.zone.clone(),
         name: plan.instance_name.clone(),
     };
-    let spec = plan.spec_for_zone(&placed.zone);
-    deps.storage
-        .put_bytes(&spec_key, Bytes::from(spec.to_json()), &json_opts())
-        .await
-        .map_err(storage_err(format!("writing {spec_key}")))?;
-    // Only if the agent has not written its own status yet.
-    let status_key = plan.layout.status(&plan.run_id);
-    if let Ok(Some(meta)) = deps.storage.head(&status_key).await {
-        if let Ok(bytes) = deps.storage.get_bytes(&status_key).await {
-            if let Ok(mut current) = RunStatus::from_json(&String::from_utf8_lossy(&bytes)) {
-                if current.phase == cloudrun::status::Phase::Launching && current.instance.is_none()
-                {
-                    current.instance = Some(instance.clone());
-                    let opts = PutOptions {
-                        if_generation_match: Some(meta.generation),
-                        ..json_opts()
-                    };
-                    // Losing this race to the agent is fine: its status is newer.
-                    let _ = deps
-                        .storage
-                        .put_bytes(&status_key, Bytes::from(current.to_json()), &opts)
-                        .await;
-                }
-            }
+    docs.put_spec(&plan.spec_for_zone(&placed.zone)).await?;
+    // Only if the agent has not written its own status yet: losing this race to the
+    // agent is fine, its status is newer.
+    if let Ok(Some(current)) = docs.status(&plan.run_id).await {
+        let mut s = current.doc;
+        if s.phase == cloudrun::status::Phase::Launching && s.instance.is_none() {
+            s.instance = Some(instance.clone());
+            let _ = docs.put_status_if(&s, current.generation).await;
         }
     }
     Ok(Launched {
@@ -306,23 +289,6 @@ pub async fn launch(
         deadline: plan.hard_deadline(&placed.zone, now),
         instance,
     })
-}
-
-fn json_opts() -> PutOptions {
-    PutOptions::default().with_content_type("application/json")
-}
-
-async fn write_status(
-    storage: &dyn Storage,
-    plan: &LaunchPlan,
-    status: &RunStatus,
-) -> Result<(), LaunchError> {
-    let key = plan.layout.status(&plan.run_id);
-    storage
-        .put_bytes(&key, Bytes::from(status.to_json()), &json_opts())
-        .await
-        .map_err(storage_err(format!("writing {key}")))?;
-    Ok(())
 }
 
 /// The lines printed (stdout) after a launch: the price is the landing zone's.

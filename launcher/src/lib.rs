@@ -25,6 +25,7 @@ pub mod near_data;
 pub mod plan;
 pub mod preflight;
 pub mod price_table;
+pub mod provider;
 pub mod push;
 pub mod report;
 pub mod runs;
@@ -36,17 +37,16 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use clap::CommandFactory;
 use cloudrun::compute::Compute;
 use cloudrun::compute_rest::{endpoint_from, RestCompute};
-use cloudrun::contract::ENV_STORAGE_EMULATOR_HOST;
-use cloudrun::prices::{PriceBook, PriceSources};
+use cloudrun::prices::PriceSources;
 use cloudrun::storage::gcs;
-use cloudrun::{Layout, PutOptions, StoreUrl};
+use cloudrun::{Layout, StoreUrl};
 
 use crate::cli::{Cli, Command};
+use crate::provider::Provider;
 use crate::settings::{Inputs, Settings};
 
 /// Exit code for settings that need fixing (nothing was created).
@@ -81,6 +81,8 @@ pub enum Error {
     Local(#[from] local::LocalError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error(transparent)]
+    Docs(#[from] cloudrun::run_store::RunStoreError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -163,7 +165,10 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    async fn tokens(&self, settings: &Settings) -> Result<Arc<dyn gcp_auth::TokenProvider>, Error> {
+    pub(crate) async fn tokens(
+        &self,
+        settings: &Settings,
+    ) -> Result<Arc<dyn gcp_auth::TokenProvider>, Error> {
         if let Some(t) = &self.tokens {
             return Ok(t.clone());
         }
@@ -171,14 +176,17 @@ impl Context<'_> {
         Ok(credentials::resolve(account, &|k| (self.env)(k)).await?)
     }
 
-    fn compute(&self, tokens: Arc<dyn gcp_auth::TokenProvider>) -> Result<Arc<dyn Compute>, Error> {
+    pub(crate) fn compute(
+        &self,
+        tokens: Arc<dyn gcp_auth::TokenProvider>,
+    ) -> Result<Arc<dyn Compute>, Error> {
         Ok(Arc::new(RestCompute::new(
             &endpoint_from(|k| (self.env)(k)),
             tokens,
         )?))
     }
 
-    async fn storage(
+    pub(crate) async fn storage(
         &self,
         settings: &Settings,
         url: &StoreUrl,
@@ -230,7 +238,7 @@ fn normalize(p: &Path) -> PathBuf {
 /// script outside the current directory never makes its own folder the project (that
 /// silently packed whatever sat beside it): the path stays as given, and `plan` refuses
 /// it with the `-C` that would pack it. `plan` also refuses `/` and the home directory.
-fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
+pub(crate) fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
     let command = cli.launch_args().command.clone();
     let launching = matches!(cli.command, None | Some(Command::Run(_)));
     if let Some(d) = &cli.global.dir {
@@ -279,7 +287,7 @@ fn locate_project(cli: &Cli, ctx: &Context<'_>) -> (PathBuf, Vec<String>) {
 }
 
 /// The agent target a cloud run with these settings needs.
-fn agent_target(settings: &Settings) -> &'static str {
+pub(crate) fn agent_target(settings: &Settings) -> &'static str {
     gpu::resolve(
         settings.gpu.as_ref().map(|s| s.value.as_str()),
         settings.machine_type.as_ref().map(|s| s.value.as_str()),
@@ -289,7 +297,11 @@ fn agent_target(settings: &Settings) -> &'static str {
 }
 
 /// Where the static agent for `target` is looked for when no setting names one.
-fn static_agent_candidates(settings: &Settings, ctx: &Context<'_>, target: &str) -> Vec<PathBuf> {
+pub(crate) fn static_agent_candidates(
+    settings: &Settings,
+    ctx: &Context<'_>,
+    target: &str,
+) -> Vec<PathBuf> {
     let launcher_dir = ctx.default_agent.as_deref().and_then(Path::parent);
     agent_bin::candidates(launcher_dir, settings.data_dir.as_deref(), target)
 }
@@ -297,7 +309,7 @@ fn static_agent_candidates(settings: &Settings, ctx: &Context<'_>, target: &str)
 /// The agent a local run starts when no setting names one: `cloudrun-agent` beside the
 /// launcher, else the installed static agent for this machine (`scripts/install.sh`
 /// installs only the static ones, and they run here as well as on a VM).
-fn local_agent(settings: &Settings, ctx: &Context<'_>) -> Option<PathBuf> {
+pub(crate) fn local_agent(settings: &Settings, ctx: &Context<'_>) -> Option<PathBuf> {
     if let Some(p) = ctx.default_agent.as_ref().filter(|p| p.is_file()) {
         return Some(p.clone());
     }
@@ -422,7 +434,7 @@ fn cache_dir(env: &Env) -> Option<PathBuf> {
 
 /// The Billing Catalog client for this invocation: the endpoint override when set; else
 /// none when Compute is emulated (an emulated run must not ask Google); else Google's.
-fn catalog_client(
+pub(crate) fn catalog_client(
     env: &Env,
     tokens: Option<Arc<dyn gcp_auth::TokenProvider>>,
 ) -> Option<cloudrun::prices::fetch::CatalogClient> {
@@ -452,7 +464,7 @@ fn catalog_client(
 /// The price book: `--prices FILE` over Google's catalog (cached for a week; fetched when
 /// `catalog` is given and the cache is stale or `refresh`) over the built-in estimates.
 /// Every problem on the way but a bad prices file is printed as a warning.
-async fn load_prices(
+pub(crate) async fn load_prices(
     settings: &Settings,
     ctx: &Context<'_>,
     catalog: Option<&cloudrun::prices::fetch::CatalogClient>,
@@ -467,7 +479,7 @@ async fn load_prices(
 }
 
 /// [`load_prices`] without printing its warnings.
-async fn load_prices_quietly(
+pub(crate) async fn load_prices_quietly(
     settings: &Settings,
     ctx: &Context<'_>,
     catalog: Option<&cloudrun::prices::fetch::CatalogClient>,
@@ -489,7 +501,7 @@ async fn load_prices_quietly(
     Ok(loaded)
 }
 
-fn who(env: &Env) -> String {
+pub(crate) fn who(env: &Env) -> String {
     let user = env("USER").unwrap_or_else(|| "someone".into());
     let host = env("HOSTNAME")
         .or_else(|| {
@@ -557,26 +569,23 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
                 eprintln!("{help}");
                 return Ok(EXIT_SETTINGS);
             }
-            launch_cmd(&cli, &settings, ctx, now, out).await
+            let p = open_provider(&settings, ctx, NeedCompute::No).await?;
+            let req = provider::LaunchRequest {
+                cli: &cli,
+                settings: &settings,
+                ctx,
+                now,
+            };
+            p.launch(&req, out).await
         }
         Some(Command::Status { run, json }) => {
             let store = open_store(&settings, ctx).await?;
-            let compute = if is_local(&settings) {
-                None
-            } else {
-                ctx.optional_compute(&settings).await
-            };
-            let c = compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()));
-            let machines = match (is_local(&settings), settings.data_dir.as_deref()) {
-                (true, Some(d)) => runs::Machines::Local(d),
-                _ => runs::Machines::Cloud(c),
-            };
+            let p = open_provider(&settings, ctx, NeedCompute::IfAvailable).await?;
             match run {
-                None => runs::status_table_on(&store, machines, *json, now, out).await?,
+                None => runs::status_table(&store, p.as_ref(), *json, now, out).await?,
                 Some(r) => {
                     let id = store.resolve(r, &settings.project_dir).await?;
-                    let local = settings.data_dir.as_deref();
-                    runs::status_one_with(&store, c, local, &id, *json, now, out).await?
+                    runs::status_one(&store, p.as_ref(), &id, *json, now, out).await?
                 }
             }
             Ok(0)
@@ -616,57 +625,25 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         Some(Command::Stop { run, now: at_once }) => {
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run, &settings.project_dir).await?;
-            if is_local(&settings) {
-                let by = who(ctx.env);
-                match (*at_once, settings.data_dir.as_deref()) {
-                    (true, Some(d)) => runs::stop_local_now(&store, d, &id, &by, now, out).await?,
-                    (false, Some(d)) => runs::stop_local(&store, d, &id, &by, now, out).await?,
-                    (_, None) => runs::stop(&store, None, &id, false, &by, now, out).await?,
-                }
-                return Ok(0);
-            }
-            let compute = if *at_once {
-                Some(ctx.compute(ctx.tokens(&settings).await?)?)
+            let need = if *at_once {
+                NeedCompute::Yes
             } else {
-                None
+                NeedCompute::No
             };
-            runs::stop(
-                &store,
-                compute.as_deref(),
-                &id,
-                *at_once,
-                &who(ctx.env),
-                now,
-                out,
-            )
-            .await?;
+            let p = open_provider(&settings, ctx, need).await?;
+            runs::stop(&store, p.as_ref(), &id, *at_once, &who(ctx.env), now, out).await?;
             Ok(0)
         }
         Some(Command::Ls) => {
             let store = open_store(&settings, ctx).await?;
-            if let (true, Some(d)) = (is_local(&settings), settings.data_dir.as_deref()) {
-                runs::ls_local(&store, d, now, out).await?;
-                return Ok(0);
-            }
-            let compute = ctx.optional_compute(&settings).await;
-            runs::ls(
-                &store,
-                compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str())),
-                now,
-                out,
-            )
-            .await?;
+            let p = open_provider(&settings, ctx, NeedCompute::IfAvailable).await?;
+            runs::ls(&store, p.as_ref(), now, out).await?;
             Ok(0)
         }
         Some(Command::Sweep { yes }) => {
             let store = open_store(&settings, ctx).await?;
-            if let (true, Some(d)) = (is_local(&settings), settings.data_dir.as_deref()) {
-                runs::sweep_local(&store, d, *yes, now, out).await?;
-                return Ok(0);
-            }
-            let project = plan::project(&settings)?;
-            let compute = ctx.compute(ctx.tokens(&settings).await?)?;
-            runs::sweep(&store, compute.as_ref(), &project, *yes, now, out).await?;
+            let p = open_provider(&settings, ctx, NeedCompute::Yes).await?;
+            runs::sweep(&store, p.as_ref(), *yes, now, out).await?;
             Ok(0)
         }
         Some(Command::Report {
@@ -714,12 +691,8 @@ async fn open_store(settings: &Settings, ctx: &Context<'_>) -> Result<runs::Stor
     })
 }
 
-fn is_local(settings: &Settings) -> bool {
-    plan::provider(settings) == Ok(cloudrun::spec::Provider::Local)
-}
-
 /// Download a run's outputs into `dest` (only changed files) and list them on `out`.
-async fn pull_outputs(
+pub(crate) async fn pull_outputs(
     store: &runs::Store,
     id: &cloudrun::RunId,
     dest: &Path,
@@ -744,7 +717,7 @@ async fn pull_outputs(
 
 /// `--follow`: stream the logs until the run ends, print the receipt, and return the
 /// run's exit code (and the final status).
-async fn follow_run(
+pub(crate) async fn follow_run(
     store: &runs::Store,
     id: &cloudrun::RunId,
     alive: Option<runs::AliveCheck<'_>>,
@@ -774,230 +747,36 @@ async fn follow_run(
     Ok((code, end))
 }
 
-/// A `--local` launch: the cloud pipeline (plan, push, spec, status, start the "VM")
-/// with a directory store and a detached agent on this machine.
-async fn launch_local(
-    cli: &Cli,
+/// Where this invocation's runs live, chosen once from the settings. `compute` says how
+/// much the command needs the Compute API.
+async fn open_provider(
     settings: &Settings,
     ctx: &Context<'_>,
-    now: chrono::DateTime<Utc>,
-    out: &mut (dyn Write + Send),
-) -> Result<i32, Error> {
-    let args = cli.launch_args();
-    let (_, command) = locate_project(cli, ctx);
-    let prices = PriceBook::builtin();
-    let plan = plan::build_local(
-        settings,
-        &plan::PlanInputs {
-            command: &command,
-            now,
-            prices: &prices,
-            default_agent: local_agent(settings, ctx),
-            storage_host: None,
-            launched_by: who(ctx.env),
-        },
-    )?;
-    if args.dry_run {
-        writeln!(out, "{}", plan.spec.to_json())?;
-        eprintln!(
-            "dry run: would run {:?} from {} with the agent {} and the store {}; nothing was started",
-            plan.spec.job.command,
-            plan.project_dir.display(),
-            plan.agent.display(),
-            plan.store
-        );
-        return Ok(0);
+    compute: NeedCompute,
+) -> Result<Box<dyn Provider>, Error> {
+    if plan::provider(settings) == Ok(cloudrun::spec::Provider::Local) {
+        return Ok(Box::new(provider::local::Local {
+            data_dir: settings.data_dir.clone(),
+        }));
     }
-    // One live local run per project folder: checked against the agents' records (pid
-    // and start time), so a crashed run never leaves a stale lock behind, under a lock
-    // held until this launch's own record is written, so that two launches at the same
-    // moment cannot both pass the check.
-    let lock = local::lock_project(&plan.data_dir, &plan.project_dir, || {
-        eprintln!(
-            "waiting for another launch of {} to start its run",
-            plan.project_dir.display()
-        )
-    })?;
-    if let Some(r) = local::live_run_in(&plan.data_dir, &plan.project_dir) {
-        return Err(Error::Settings(plan::Problems(vec![format!(
-            "run {} of {} is still running locally (agent pid {}); nothing was started. Follow it with `cloudrun-launch --local logs -f {}`, or stop it with `cloudrun-launch --local stop {}`, then launch again",
-            r.run_id,
-            plan.project_dir.display(),
-            r.pid,
-            r.run_id,
-            r.run_id
-        )])));
-    }
-    let storage = cloudrun::storage::open(&plan.store, None)?;
-    let pusher = push::SyncPusher {
-        cache_dir: Some(plan.data_dir.join("cache")),
-        progress: ctx.progress,
+    let compute = match compute {
+        NeedCompute::No => None,
+        NeedCompute::IfAvailable => ctx.optional_compute(settings).await,
+        NeedCompute::Yes => {
+            let project = plan::project(settings)?;
+            Some((ctx.compute(ctx.tokens(settings).await?)?, project))
+        }
     };
-    let pushed = pusher
-        .push_code(
-            storage.clone(),
-            &plan.project_dir,
-            &plan.layout,
-            &plan.run_id,
-        )
-        .await?;
-    eprintln!(
-        "code: {} files, {} bytes ({} uploaded) from {}",
-        pushed.files,
-        pushed.total_bytes,
-        pushed.bytes_uploaded,
-        plan.project_dir.display()
-    );
-    let json = PutOptions::default().with_content_type("application/json");
-    let spec_key = plan.layout.spec(&plan.run_id);
-    storage
-        .put_bytes(&spec_key, Bytes::from(plan.spec.to_json()), &json)
-        .await?;
-    let status = cloudrun::status::RunStatus::launching(plan.run_id.clone(), now, 0.0);
-    storage
-        .put_bytes(
-            &plan.layout.status(&plan.run_id),
-            Bytes::from(status.to_json()),
-            &json,
-        )
-        .await?;
-    let dirs = local::RunDirs::new(&plan.data_dir, &plan.run_id);
-    std::fs::create_dir_all(&dirs.root)
-        .and_then(|()| std::fs::write(&dirs.spec, plan.spec.to_json()))
-        .map_err(|source| local::LocalError::Write {
-            path: dirs.spec.clone(),
-            source,
-        })?;
-    let record = local::spawn_agent(
-        &plan.agent,
-        &dirs,
-        &plan.run_id,
-        &plan.project_dir,
-        &plan.store.to_string(),
-        now,
-    )?;
-    drop(lock);
-    let id = &plan.run_id;
-    write!(
-        out,
-        "run      {id}\nvm       local agent pid {} (log {})\nstore    {}\nfollow   cloudrun-launch --local logs -f {id}\nstatus   cloudrun-launch --local status {id}\n",
-        record.pid,
-        record.agent_log.display(),
-        plan.store,
-    )?;
-    if !args.follow {
-        return Ok(0);
-    }
-    let store = runs::Store {
-        storage,
-        layout: plan.layout.clone(),
-    };
-    let alive = || record.alive();
-    let view = logview::LogView {
-        terminal: ctx.terminal,
-    };
-    let (code, _) = follow_run(&store, id, Some(&alive), true, view, out).await?;
-    pull_outputs(&store, id, &plan.project_dir, out).await?;
-    Ok(code)
+    Ok(Box::new(provider::gce::Gce { compute }))
 }
 
-async fn launch_cmd(
-    cli: &Cli,
-    settings: &Settings,
-    ctx: &Context<'_>,
-    now: chrono::DateTime<Utc>,
-    out: &mut (dyn Write + Send),
-) -> Result<i32, Error> {
-    if is_local(settings) {
-        return launch_local(cli, settings, ctx, now, out).await;
-    }
-    let args = cli.launch_args();
-    let (_, command) = locate_project(cli, ctx);
-    let storage_host = (ctx.env)(ENV_STORAGE_EMULATOR_HOST).filter(|h| !h.trim().is_empty());
-    let target = agent_target(settings);
-    let default_agent = agent_bin::find(&static_agent_candidates(settings, ctx, target));
-    let plan_with = |prices: &PriceBook| {
-        plan::build(
-            settings,
-            &plan::PlanInputs {
-                command: &command,
-                now,
-                prices,
-                default_agent: default_agent.clone(),
-                storage_host: storage_host.clone(),
-                launched_by: who(ctx.env),
-            },
-        )
-    };
-    // Validate everything first, offline; then price with the best source there is.
-    let offline = if args.dry_run {
-        load_prices(settings, ctx, None, false, now).await?
-    } else {
-        load_prices_quietly(settings, ctx, None, false, now).await?
-    };
-    let checked = plan_with(&offline.book)?;
-    // The VM runs the agent with its image's libraries, so only a static one will do.
-    // An emulated Compute on this machine boots its "VMs" here, where any agent runs.
-    let compute_base = endpoint_from(|k| (ctx.env)(k));
-    if !cloudrun::google_rest::is_loopback(&compute_base) {
-        agent_bin::check_for_vm(&checked.agent.path, target)
-            .map_err(|e| plan::Problems(vec![e.to_string()]))?;
-    }
-    if args.dry_run {
-        let mut plan = plan_with(&offline.book)?;
-        plan.any_region = args.any_region;
-        let zone = plan.zones.first().cloned().unwrap_or_default();
-        let body = body::instance_body(&plan, &zone, &body::family_url(&plan))?;
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        )?;
-        let then = match &plan.zones[1.min(plan.zones.len())..] {
-            [] => String::new(),
-            rest => format!(" (then {})", rest.join(", ")),
-        };
-        eprintln!(
-            "dry run: would create {} in {zone}{then} at ${:.2}/h ({}) and pack the project folder {}; nothing was sent",
-            plan.instance_name,
-            plan.estimate.usd_per_hour,
-            plan.estimate.describe(),
-            plan.project_dir.display(),
-        );
-        for line in launch::zone_price_lines(&plan) {
-            eprintln!("  {line}");
-        }
-        if plan.zones_default {
-            eprintln!("  (a launch reads the bucket's location first and tries the zones near the data first)");
-        }
-        return Ok(0);
-    }
-    let tokens = ctx.tokens(settings).await?;
-    let catalog = catalog_client(ctx.env, Some(tokens.clone()));
-    let prices = load_prices(settings, ctx, catalog.as_ref(), false, now).await?;
-    let mut plan = plan_with(&prices.book)?;
-    plan.any_region = args.any_region;
-    let deps = launch::Deps {
-        storage: ctx.storage(settings, &plan.store).await?,
-        compute: ctx.compute(tokens)?,
-        pusher: Box::new(push::SyncPusher {
-            cache_dir: directories::BaseDirs::new().map(|d| d.cache_dir().join("cloudrun")),
-            progress: ctx.progress,
-        }),
-    };
-    let mut report = |line: String| eprintln!("{line}");
-    let launched = launch::launch(&plan, &deps, now, &mut report).await?;
-    write!(out, "{}", launch::summary(&plan, &launched))?;
-    if !args.follow {
-        return Ok(0);
-    }
-    let store = runs::Store {
-        storage: deps.storage.clone(),
-        layout: plan.layout.clone(),
-    };
-    let view = logview::LogView {
-        terminal: ctx.terminal,
-    };
-    let (code, _) = follow_run(&store, &plan.run_id, None, false, view, out).await?;
-    Ok(code)
+/// How much a command needs the Compute API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NeedCompute {
+    /// Not at all (a launch makes its own client once the plan is valid).
+    No,
+    /// For read-only checks, which are skipped (with a note) without it.
+    IfAvailable,
+    /// It cannot work without it.
+    Yes,
 }

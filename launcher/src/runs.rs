@@ -9,16 +9,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use cloudrun::compute::{Compute, Instance};
-use cloudrun::contract::{LABEL_MANAGED, LABEL_RUN};
+use cloudrun::run_store::{RunStore, RunStoreError};
 use cloudrun::status::{GpuSample, Phase, RunStatus, StopRequest};
-use cloudrun::storage::{PutOptions, Storage, StorageError};
+use cloudrun::storage::{Storage, StorageError};
 use cloudrun::{Layout, RunId, RunSpec};
 use serde::Serialize;
 
 use crate::logview::LogView;
+use crate::provider::{self, Machine, Provider};
 
 /// How often `logs -f` looks for new chunks, in seconds.
 pub const LOG_POLL_SECS: u64 = 2;
@@ -68,6 +67,8 @@ pub enum RunsError {
     NoInstance(RunId),
     #[error("{0}")]
     Other(String),
+    #[error(transparent)]
+    Docs(#[from] RunStoreError),
     #[error("the local agent of run {0} exited without recording an end: its own log is agent.log in the run's folder under ~/.local/share/cloudrun/local/")]
     AgentGone(RunId),
 }
@@ -85,6 +86,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The run documents of this store, typed.
+    pub fn docs(&self) -> RunStore {
+        RunStore::new(self.storage.clone(), self.layout.clone())
+    }
+
     /// Every run id with a spec or a status, oldest first.
     pub async fn run_ids(&self) -> Result<Vec<RunId>, RunsError> {
         let prefix = self.layout.runs_prefix();
@@ -246,7 +252,7 @@ impl RunView {
     /// One line naming the run for a person about to end it: id, GPU, phase, and the
     /// project folder and person it was launched from.
     pub fn brief(&self) -> String {
-        let mut s = format!("{} ({}, {}", self.run, self.gpu(), self.shown_phase(None));
+        let mut s = format!("{} ({}, {}", self.run, self.gpu(), self.shown_phase(false));
         if let Some(o) = self.spec.as_ref().and_then(|s| s.origin.as_ref()) {
             s.push_str(&format!(", launched from {} by {}", o.project_dir, o.by));
         }
@@ -259,18 +265,13 @@ impl RunView {
         self.status.is_none() && self.problems.iter().any(|p| p.starts_with("status.json"))
     }
 
-    /// Whether this is a local run whose agent is gone without the run having recorded
-    /// an end: it will never end by itself. `rec` is its record on this machine.
-    pub fn lost(&self, rec: Option<&crate::local::AgentRecord>) -> bool {
-        self.is_local() && !self.phase().is_terminal() && rec.is_some_and(|r| !r.alive())
-    }
-
     /// The phase as `status` and `ls` show it: `broken` for an unreadable status, `lost`
-    /// for a local run whose agent is gone, else the recorded phase.
-    pub fn shown_phase(&self, rec: Option<&crate::local::AgentRecord>) -> &'static str {
+    /// for a run whose machine is gone without an end ([`provider::lost`]), else the
+    /// recorded phase.
+    pub fn shown_phase(&self, lost: bool) -> &'static str {
         if self.broken() {
             "broken"
-        } else if self.lost(rec) {
+        } else if lost {
             "lost"
         } else {
             phase_name(self.phase())
@@ -388,32 +389,6 @@ pub fn mean_util(s: &GpuSample) -> Option<f64> {
     }
 }
 
-/// Live cloudrun VMs by run id (label `cloudrun-run`), or why they could not be listed.
-pub async fn live_vms(
-    compute: Option<(&dyn Compute, &str)>,
-) -> Result<BTreeMap<String, Instance>, String> {
-    let Some((c, project)) = compute else {
-        return Err("VM check skipped: no project or credentials".into());
-    };
-    let filter = format!("labels.{LABEL_MANAGED} = true");
-    let vms = c
-        .list_instances(project, None, &filter)
-        .await
-        .map_err(|e| format!("VM check failed: {e}"))?;
-    Ok(vms
-        .into_iter()
-        .map(|i| {
-            (
-                i.labels
-                    .get(LABEL_RUN)
-                    .cloned()
-                    .unwrap_or_else(|| format!("?{}", i.name)),
-                i,
-            )
-        })
-        .collect())
-}
-
 #[derive(Serialize)]
 struct RowJson<'a> {
     run_id: &'a str,
@@ -428,15 +403,6 @@ struct RowJson<'a> {
     vm_up: Option<bool>,
 }
 
-/// Where `status` and `ls` learn whether a run's machine is still there.
-#[derive(Clone, Copy)]
-pub enum Machines<'a> {
-    /// Cloud runs: the Compute API and the project, when both are available.
-    Cloud(Option<(&'a dyn Compute, &'a str)>),
-    /// Local runs: the data dir whose agent records say whether each agent still runs.
-    Local(&'a Path),
-}
-
 /// Append `what` to a row's END column, two spaces after what is there.
 fn note(end: &mut String, what: &str) {
     if !end.is_empty() {
@@ -445,34 +411,37 @@ fn note(end: &mut String, what: &str) {
     end.push_str(what);
 }
 
+/// The machines `p` lists, by the run each serves, or why it cannot list them.
+async fn machines_by_run(p: &dyn Provider) -> Result<BTreeMap<String, Machine>, String> {
+    p.machines()
+        .await
+        .map(|ms| ms.into_iter().map(|m| (m.run.clone(), m)).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// The agent asked for its machine's delete and did not live to record the outcome (a
+/// delete that works ends the agent): the provider has the last word.
+pub fn delete_pending(s: &RunStatus) -> bool {
+    s.delete.is_some() && s.vm.is_none()
+}
+
+/// The machine's fate as the status names it (`deleted`, `powered_off`, `local_exit`).
+pub fn fate_name(s: &RunStatus) -> Option<String> {
+    s.vm.and_then(|f| serde_json::to_value(f).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
 /// `status` without a run: one line per run.
 pub async fn status_table(
     store: &Store,
-    compute: Option<(&dyn Compute, &str)>,
-    json: bool,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    status_table_on(store, Machines::Cloud(compute), json, now, out).await
-}
-
-/// `status` without a run, for cloud or local runs.
-pub async fn status_table_on(
-    store: &Store,
-    machines: Machines<'_>,
+    p: &dyn Provider,
     json: bool,
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), RunsError> {
     let ids = store.run_ids().await?;
-    let vms = match machines {
-        Machines::Cloud(c) => Some(live_vms(c).await),
-        Machines::Local(_) => None,
-    };
-    let record = |id: &RunId| match machines {
-        Machines::Local(d) => crate::local::record_for(d, id),
-        Machines::Cloud(_) => None,
-    };
+    let machines = machines_by_run(p).await;
+    let machine = |id: &RunId| machines.as_ref().ok().and_then(|m| m.get(id.as_str()));
     let mut views = Vec::new();
     for id in &ids {
         views.push(store.load(id).await?);
@@ -482,7 +451,7 @@ pub async fn status_table_on(
             .iter()
             .map(|v| RowJson {
                 run_id: v.run.as_str(),
-                phase: v.shown_phase(record(&v.run).as_ref()),
+                phase: v.shown_phase(provider::lost(v, machine(&v.run))),
                 problems: &v.problems,
                 zone: v.zone(),
                 gpu: v.gpu(),
@@ -493,9 +462,10 @@ pub async fn status_table_on(
                     .as_ref()
                     .and_then(|s| s.end.as_ref())
                     .map(|e| e.reason),
-                vm_up: match &vms {
-                    Some(vms) => vms.as_ref().ok().map(|m| m.contains_key(v.run.as_str())),
-                    None => record(&v.run).map(|r| r.alive()),
+                vm_up: match (&machines, machine(&v.run)) {
+                    (Ok(_), Some(m)) => Some(m.up),
+                    (Ok(_), None) => p.sees_all().then_some(false),
+                    (Err(_), _) => None,
                 },
             })
             .collect();
@@ -515,27 +485,28 @@ pub async fn status_table_on(
         "{:<22} {:<15} {:<16} {:<14} {:>10} {:>8}  END",
         "RUN", "PHASE", "ZONE", "GPU", "ELAPSED", "COST"
     )?;
+    let w = p.words();
     for v in &views {
-        let vm_up = match &vms {
-            Some(Ok(m)) => m.contains_key(v.run.as_str()),
-            _ => false,
-        };
-        let rec = record(&v.run);
+        let m = machine(&v.run);
+        let lost = provider::lost(v, m);
         let mut end = v.end();
-        if v.phase().is_terminal() && vm_up {
+        if v.phase().is_terminal() && m.is_some_and(|m| m.up) {
             if v.status.as_ref().is_some_and(delete_pending) {
-                end.push_str("  [VM being deleted]");
+                note(&mut end, &format!("[{} being deleted]", w.noun));
             } else {
-                end.push_str("  [VM still up: cloudrun-launch sweep]");
+                note(
+                    &mut end,
+                    &format!("[{} still up: {} sweep]", w.noun, w.command),
+                );
             }
         }
-        if v.lost(rec.as_ref()) {
+        if lost {
             note(
                 &mut end,
-                "agent gone: `cloudrun-launch --local sweep --yes` closes it",
+                &format!("{} gone: `{} sweep --yes` closes it", w.noun, w.command),
             );
         } else if v.silent(now) {
-            end.push_str("  [silent: no heartbeat]");
+            note(&mut end, "[silent: no heartbeat]");
         }
         if !v.problems.is_empty() {
             note(&mut end, &v.problems.join("; "));
@@ -549,7 +520,7 @@ pub async fn status_table_on(
             out,
             "{:<22} {:<15} {:<16} {:<14} {:>10} {:>8}  {}",
             v.run.as_str(),
-            v.shown_phase(rec.as_ref()),
+            v.shown_phase(lost),
             zone,
             gpu,
             v.elapsed_secs(now)
@@ -559,144 +530,223 @@ pub async fn status_table_on(
             end
         )?;
     }
-    if let Some(Err(note)) = vms {
+    if let Err(note) = machines {
         writeln!(out, "({note})")?;
     }
     Ok(())
 }
 
-/// `status RUN`: one run in detail.
+/// `status RUN`: one run in detail, with what its provider knows of its machine.
 pub async fn status_one(
     store: &Store,
-    compute: Option<(&dyn Compute, &str)>,
-    run: &RunId,
-    json: bool,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    status_one_with(store, compute, None, run, json, now, out).await
-}
-
-/// The VM's fate as the status names it (`deleted`, `powered_off`, `local_exit`).
-fn fate_name(s: &RunStatus) -> Option<String> {
-    s.vm.and_then(|f| serde_json::to_value(f).ok())
-        .and_then(|v| v.as_str().map(str::to_string))
-}
-
-/// `status RUN`, also for local runs: `local` is the data dir whose records say whether a
-/// local run's agent still runs (as the Compute API says for a VM).
-pub async fn status_one_with(
-    store: &Store,
-    compute: Option<(&dyn Compute, &str)>,
-    local: Option<&Path>,
+    p: &dyn Provider,
     run: &RunId,
     json: bool,
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), RunsError> {
     let v = store.load(run).await?;
-    if v.is_local() {
-        let rec = local.and_then(|d| crate::local::record_for(d, run));
-        if json {
-            let vm = match &rec {
-                Some(r) => {
-                    serde_json::json!({"local_pid": r.pid, "alive": r.alive(), "agent_log": r.agent_log})
-                }
-                None => serde_json::json!({"error": "no local agent record on this machine"}),
-            };
-            let phase = v.shown_phase(rec.as_ref());
-            return Ok(write_status_json(&v, phase, vm, out)?);
-        }
-        writeln!(out, "run      {}", v.run)?;
-        let phase = v.shown_phase(rec.as_ref());
-        if v.lost(rec.as_ref()) {
-            writeln!(
-                out,
-                "phase    {phase} (agent gone; was {})",
-                phase_name(v.phase())
-            )?;
-        } else {
-            writeln!(out, "phase    {phase}")?;
-        }
-        let fate = v.status.as_ref().and_then(fate_name);
-        let vm = match (&rec, &fate) {
-            (Some(r), Some(f)) => format!("{}; vm: {f}", r.describe()),
-            (Some(r), None) => r.describe(),
-            (None, Some(f)) => format!("local; vm: {f}"),
-            (None, None) => "local (not started on this machine)".into(),
-        };
-        writeln!(out, "vm       {vm}")?;
-        if let Some(r) = rec.as_ref().filter(|_| v.lost(rec.as_ref())) {
-            writeln!(
-                out,
-                "warning  the local agent is gone but the run never recorded an end (see {}): `cloudrun-launch --local sweep --yes` closes it",
-                r.agent_log.display()
-            )?;
-        }
-        return print_status_body(store, &v, now, out).await;
-    }
-    let vm: Result<Option<Instance>, String> = match (compute, v.instance()) {
-        (Some((c, _)), Some((p, z, n))) => c
-            .get_instance(&p, &z, &n)
-            .await
-            .map_err(|e| format!("VM check failed: {e}")),
-        (None, _) => Err("VM check skipped: no project or credentials".into()),
-        (_, None) => Ok(None),
-    };
+    let machine = p.inspect(&v).await;
+    let phase = v.shown_phase(machine.lost);
     if json {
-        let vm = match &vm {
-            Ok(Some(i)) => {
-                serde_json::json!({"name": i.name, "status": i.status, "zone": i.zone_name()})
-            }
-            Ok(None) => serde_json::Value::Null,
-            Err(e) => serde_json::json!({"error": e}),
-        };
-        return Ok(write_status_json(&v, v.shown_phase(None), vm, out)?);
+        return Ok(write_status_json(&v, phase, machine.json, out)?);
     }
     writeln!(out, "run      {}", v.run)?;
-    writeln!(out, "phase    {}", v.shown_phase(None))?;
-    writeln!(out, "gpu      {}", v.gpu())?;
-    if let Some((p, z, n)) = v.instance() {
-        let state = vm_state(&vm, v.status.as_ref());
-        writeln!(out, "vm       {n} in {z} (project {p}): {state}")?;
-        let deleting = v.status.as_ref().is_some_and(delete_pending);
-        if v.phase().is_terminal() && matches!(vm, Ok(Some(_))) && !deleting {
-            writeln!(out, "warning  the run ended but its VM is still up: `cloudrun-launch stop {} --now` or `cloudrun-launch sweep --yes`", v.run)?;
-        }
+    if machine.lost {
+        writeln!(
+            out,
+            "phase    {phase} ({} gone; was {})",
+            p.words().noun,
+            phase_name(v.phase())
+        )?;
+    } else {
+        writeln!(out, "phase    {phase}")?;
+    }
+    for (label, line) in &machine.lines {
+        writeln!(out, "{label:<8} {line}")?;
     }
     print_status_body(store, &v, now, out).await
 }
 
-/// The agent asked for its VM's delete and did not live to record the outcome (a delete
-/// that works ends the agent): the Compute API has the last word.
-fn delete_pending(s: &RunStatus) -> bool {
-    s.delete.is_some() && s.vm.is_none()
+/// `stop RUN`: write a stop request the agent polls for; with `now_flag`, also end the
+/// machine at once. A run whose machine is gone without an end is closed as `lost`.
+pub async fn stop(
+    store: &Store,
+    p: &dyn Provider,
+    run: &RunId,
+    now_flag: bool,
+    by: &str,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let v = store.load(run).await?;
+    if p.close_lost(store, &v, by, now, out).await? {
+        return Ok(());
+    }
+    if now_flag {
+        return p.stop_now(store, &v, by, now, out).await;
+    }
+    if v.phase().is_terminal() {
+        writeln!(out, "run {run} already ended ({})", v.end())?;
+        return Ok(());
+    }
+    write_stop_request(store, run, by, now, "stop").await?;
+    let every = v
+        .spec
+        .as_ref()
+        .map(|s| s.policies.intervals.stop_poll_secs)
+        .unwrap_or(cloudrun::spec::DEFAULT_STOP_POLL_SECS);
+    writeln!(out, "asked run {run} to stop: within ~{every} s the agent stops the job, syncs outputs, then deletes the VM (follow with `{} logs -f {run}`)", p.words().command)?;
+    Ok(())
 }
 
-/// The VM's state for `status RUN`: what the Compute API says, reconciled with the
-/// delete the agent recorded before it asked.
-fn vm_state(vm: &Result<Option<Instance>, String>, s: Option<&RunStatus>) -> String {
-    let asked = s
-        .filter(|s| delete_pending(s))
-        .and_then(|s| s.delete.as_ref())
-        .map(|d| {
-            format!(
-                "the agent asked for its delete at {}{}",
-                d.requested_at.format("%H:%M:%S UTC"),
-                d.operation
-                    .as_ref()
-                    .map(|o| format!(", operation {o}"))
-                    .unwrap_or_default()
-            )
-        });
-    match (vm, asked) {
-        (Ok(None), Some(a)) => format!("deleted ({a}; the Compute API no longer has it)"),
-        (Ok(None), None) => "gone".into(),
-        (Ok(Some(i)), Some(a)) => format!("{}, being deleted ({a})", i.status),
-        (Ok(Some(i)), None) => i.status.clone(),
-        (Err(e), Some(a)) => format!("{e}; {a}"),
-        (Err(e), None) => e.clone(),
+/// `ls`: runs and their machines side by side (and machines of ours with no run here).
+pub async fn ls(
+    store: &Store,
+    p: &dyn Provider,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<(), RunsError> {
+    let ids = store.run_ids().await?;
+    let machines = machines_by_run(p).await;
+    writeln!(
+        out,
+        "{:<22} {:<15} {:<14} {:>8}  VM",
+        "RUN", "PHASE", "GPU", "COST"
+    )?;
+    let mut shown = BTreeSet::new();
+    for id in ids.iter().rev() {
+        let v = store.load(id).await?;
+        let m = machines.as_ref().ok().and_then(|ms| ms.get(id.as_str()));
+        let vm = match (&machines, m) {
+            (Ok(_), Some(m)) => m.describe.clone(),
+            (Ok(_), None) => "-".into(),
+            (Err(_), _) => "?".into(),
+        };
+        shown.insert(id.to_string());
+        let lost = provider::lost(&v, m);
+        let mut phase = v.shown_phase(lost).to_string();
+        if v.silent(now) && !lost {
+            phase.push('?');
+        }
+        let gpu = if v.is_local() {
+            "local".into()
+        } else {
+            v.gpu()
+        };
+        writeln!(
+            out,
+            "{:<22} {:<15} {:<14} {:>8}  {}",
+            id.as_str(),
+            phase,
+            gpu,
+            format!("${:.2}", v.cost()),
+            vm
+        )?;
     }
+    match machines {
+        Ok(ms) if p.sees_all() => {
+            for (run, m) in ms.iter().filter(|(r, _)| !shown.contains(*r)) {
+                writeln!(
+                    out,
+                    "{:<22} {:<15} {:<14} {:>8}  {} [no run in this GCS_DIR]",
+                    run, "-", "-", "-", m.describe
+                )?;
+            }
+        }
+        Ok(_) => {}
+        Err(note) => writeln!(out, "({note})")?,
+    }
+    Ok(())
+}
+
+/// Why `sweep` would end machine `m`, or `None` to leave it.
+async fn sweep_reason(
+    store: &Store,
+    p: &dyn Provider,
+    m: &Machine,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, RunsError> {
+    let old = m
+        .created_at
+        .map(|c| (now - c).num_seconds() > NO_STATUS_GRACE_SECS)
+        .unwrap_or(true);
+    let Ok(id) = RunId::parse(&m.run) else {
+        return Ok(old.then(|| "no cloudrun-run label".to_string()));
+    };
+    Ok(match store.load(&id).await {
+        // An unreadable status says nothing about the run: its agent may be healthy
+        // (and rewrites the status soon). `status` shows the problem.
+        Ok(v) if v.broken() => None,
+        Ok(v) if v.phase().is_terminal() => Some(format!("run ended ({})", v.end())),
+        Ok(v) if v.silent(now) => Some("no heartbeat".to_string()),
+        Ok(v) if v.status.is_none() && old => Some("no status after boot".to_string()),
+        Ok(_) => None,
+        // A machine that may belong to another store is not ours to judge.
+        Err(RunsError::NoSuchRun { .. }) => {
+            (old && p.sees_all()).then(|| "its run is not in this GCS_DIR".to_string())
+        }
+        Err(e) => return Err(e),
+    })
+}
+
+/// `sweep [--yes]`: end the machines whose run ended or went silent, and close the runs
+/// whose machine is gone without an end. Returns how many it found.
+pub async fn sweep(
+    store: &Store,
+    p: &dyn Provider,
+    yes: bool,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<usize, RunsError> {
+    let w = p.words();
+    let mut n = 0;
+    for m in p.machines().await? {
+        if !m.up {
+            // Nothing to end, but a run that never ended stays `running` forever
+            // unless its end is recorded.
+            let Ok(id) = RunId::parse(&m.run) else {
+                continue;
+            };
+            let v = match store.load(&id).await {
+                Ok(v) if provider::lost(&v, Some(&m)) => v,
+                Ok(_) | Err(RunsError::NoSuchRun { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            n += 1;
+            if yes {
+                p.close_lost(store, &v, "sweep", now, out).await?;
+            } else {
+                writeln!(
+                    out,
+                    "run {id}: its {} is gone and the run never recorded an end; it would be closed as lost",
+                    m.label
+                )?;
+            }
+            continue;
+        }
+        let Some(why) = sweep_reason(store, p, &m, now).await? else {
+            continue;
+        };
+        n += 1;
+        if yes {
+            match p.end_machine(&m, &why).await {
+                Ok(line) | Err(line) => writeln!(out, "{line}")?,
+            }
+        } else {
+            writeln!(out, "{}: {why} (run {})", m.label, m.run)?;
+        }
+    }
+    if n == 0 {
+        writeln!(out, "nothing to sweep")?;
+    } else if !yes {
+        writeln!(
+            out,
+            "{n} {}(s) would be {}; run `{} sweep --yes` to {} them",
+            w.noun, w.ended, w.command, w.end
+        )?;
+    }
+    Ok(n)
 }
 
 /// The part of `status RUN` that cloud and local runs share: times, cost, GPU, end.
@@ -970,267 +1020,6 @@ pub async fn follow_logs(
     }
 }
 
-/// `stop RUN`: write a stop request the agent polls for. With `now`, also delete the VM.
-pub async fn stop(
-    store: &Store,
-    compute: Option<&dyn Compute>,
-    run: &RunId,
-    now_flag: bool,
-    by: &str,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    let v = store.load(run).await?;
-    if v.phase().is_terminal() && !now_flag {
-        writeln!(out, "run {run} already ended ({})", v.end())?;
-        return Ok(());
-    }
-    write_stop_request(
-        store,
-        run,
-        by,
-        now,
-        if now_flag { "stop --now" } else { "stop" },
-    )
-    .await?;
-    if !now_flag {
-        let every = v
-            .spec
-            .as_ref()
-            .map(|s| s.policies.intervals.stop_poll_secs)
-            .unwrap_or(cloudrun::spec::DEFAULT_STOP_POLL_SECS);
-        writeln!(out, "asked run {run} to stop: within ~{every} s the agent stops the job, syncs outputs, then deletes the VM (follow with `cloudrun-launch logs -f {run}`)")?;
-        return Ok(());
-    }
-    let (p, z, n) = v
-        .instance()
-        .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
-    let compute = compute.ok_or_else(|| {
-        RunsError::Other(
-            "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
-        )
-    })?;
-    writeln!(out, "ending run {}", v.brief())?;
-    let rid = uuid::Uuid::new_v4().to_string();
-    match compute
-        .delete_instance(&p, &z, &n, &rid)
-        .await
-        .map_err(|source| RunsError::Compute {
-            what: format!("deleting {n}"),
-            source,
-        })? {
-        Some(_) => writeln!(
-            out,
-            "deleting VM {n} in {z}; outputs not yet synced are lost"
-        )?,
-        None => writeln!(out, "VM {n} is already gone")?,
-    }
-    Ok(())
-}
-
-/// `ls`: runs and live cloudrun VMs side by side.
-pub async fn ls(
-    store: &Store,
-    compute: Option<(&dyn Compute, &str)>,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    let ids = store.run_ids().await?;
-    let vms = live_vms(compute).await;
-    writeln!(
-        out,
-        "{:<22} {:<15} {:<14} {:>8}  VM",
-        "RUN", "PHASE", "GPU", "COST"
-    )?;
-    let mut shown = BTreeSet::new();
-    for id in ids.iter().rev() {
-        let v = store.load(id).await?;
-        let vm = match &vms {
-            Ok(m) => match m.get(id.as_str()) {
-                Some(i) => format!("{} {} ({})", i.name, i.status, i.zone_name()),
-                None => "-".into(),
-            },
-            Err(_) => "?".into(),
-        };
-        shown.insert(id.to_string());
-        let mut phase = v.shown_phase(None).to_string();
-        if v.silent(now) {
-            phase.push('?');
-        }
-        writeln!(
-            out,
-            "{:<22} {:<15} {:<14} {:>8}  {}",
-            id.as_str(),
-            phase,
-            v.gpu(),
-            format!("${:.2}", v.cost()),
-            vm
-        )?;
-    }
-    match vms {
-        Ok(m) => {
-            for (run, i) in m.iter().filter(|(r, _)| !shown.contains(*r)) {
-                writeln!(
-                    out,
-                    "{:<22} {:<15} {:<14} {:>8}  {} {} ({}) [no run in this GCS_DIR]",
-                    run,
-                    "-",
-                    "-",
-                    "-",
-                    i.name,
-                    i.status,
-                    i.zone_name()
-                )?;
-            }
-        }
-        Err(note) => writeln!(out, "({note})")?,
-    }
-    Ok(())
-}
-
-/// A VM `sweep` would delete, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SweepCandidate {
-    pub project: String,
-    pub zone: String,
-    pub name: String,
-    pub run: String,
-    pub why: String,
-}
-
-/// The cloudrun VMs whose run ended or went silent.
-pub async fn sweep_candidates(
-    store: &Store,
-    compute: &dyn Compute,
-    project: &str,
-    now: DateTime<Utc>,
-) -> Result<Vec<SweepCandidate>, RunsError> {
-    let filter = format!("labels.{LABEL_MANAGED} = true");
-    let vms = compute
-        .list_instances(project, None, &filter)
-        .await
-        .map_err(|source| RunsError::Compute {
-            what: "listing cloudrun VMs".into(),
-            source,
-        })?;
-    let mut out = Vec::new();
-    for vm in vms {
-        let run = vm.labels.get(LABEL_RUN).cloned().unwrap_or_default();
-        let created = DateTime::parse_from_rfc3339(&vm.creation_timestamp)
-            .ok()
-            .map(|t| t.with_timezone(&Utc));
-        let old = created
-            .map(|c| (now - c).num_seconds() > NO_STATUS_GRACE_SECS)
-            .unwrap_or(true);
-        let why = match RunId::parse(&run) {
-            Err(_) => old.then(|| "no cloudrun-run label".to_string()),
-            Ok(id) => match store.load(&id).await {
-                // An unreadable status says nothing about the run: its agent may be
-                // healthy (and rewrites the status soon). `status` shows the problem.
-                Ok(v) if v.broken() => None,
-                Ok(v) if v.phase().is_terminal() => Some(format!("run ended ({})", v.end())),
-                Ok(v) if v.silent(now) => Some("no heartbeat".to_string()),
-                Ok(v) if v.status.is_none() && old => Some("no status after boot".to_string()),
-                Ok(_) => None,
-                Err(RunsError::NoSuchRun { .. }) => {
-                    old.then(|| "its run is not in this GCS_DIR".to_string())
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        if let Some(why) = why {
-            out.push(SweepCandidate {
-                project: project.to_string(),
-                zone: vm.zone_name().to_string(),
-                name: vm.name.clone(),
-                run,
-                why,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// `sweep [--yes]`.
-pub async fn sweep(
-    store: &Store,
-    compute: &dyn Compute,
-    project: &str,
-    yes: bool,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<usize, RunsError> {
-    let c = sweep_candidates(store, compute, project, now).await?;
-    if c.is_empty() {
-        writeln!(out, "nothing to sweep")?;
-        return Ok(0);
-    }
-    for v in &c {
-        if yes {
-            let rid = uuid::Uuid::new_v4().to_string();
-            let r = compute
-                .delete_instance(&v.project, &v.zone, &v.name, &rid)
-                .await;
-            match r {
-                Ok(_) => writeln!(out, "deleting {} in {} ({})", v.name, v.zone, v.why)?,
-                Err(e) => writeln!(out, "could not delete {} in {}: {e}", v.name, v.zone)?,
-            }
-        } else {
-            writeln!(out, "{} in {}: {} (run {})", v.name, v.zone, v.why, v.run)?;
-        }
-    }
-    if !yes {
-        writeln!(
-            out,
-            "{} VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them",
-            c.len()
-        )?;
-    }
-    Ok(c.len())
-}
-
-/// `ls` for local runs: the VM column is the local agent (alive or exited).
-pub async fn ls_local(
-    store: &Store,
-    data_dir: &Path,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    let ids = store.run_ids().await?;
-    writeln!(
-        out,
-        "{:<22} {:<15} {:<14} {:>8}  VM",
-        "RUN", "PHASE", "GPU", "COST"
-    )?;
-    for id in ids.iter().rev() {
-        let v = store.load(id).await?;
-        let rec = crate::local::record_for(data_dir, id);
-        let vm = match &rec {
-            Some(r) => r.describe(),
-            None => "-".into(),
-        };
-        let mut phase = v.shown_phase(rec.as_ref()).to_string();
-        if v.silent(now) && !v.lost(rec.as_ref()) {
-            phase.push('?');
-        }
-        let gpu = if v.is_local() {
-            "local".into()
-        } else {
-            v.gpu()
-        };
-        writeln!(
-            out,
-            "{:<22} {:<15} {:<14} {:>8}  {}",
-            id.as_str(),
-            phase,
-            gpu,
-            format!("${:.2}", v.cost()),
-            vm
-        )?;
-    }
-    Ok(())
-}
-
 /// `status RUN --json`: the run's status and spec with what is known of its VM, for scripts.
 fn write_status_json(
     v: &RunView,
@@ -1255,7 +1044,7 @@ fn write_status_json(
 }
 
 /// Write the stop request the agent polls for (`runs/<id>/control/stop.json`).
-async fn write_stop_request(
+pub(crate) async fn write_stop_request(
     store: &Store,
     run: &RunId,
     by: &str,
@@ -1267,253 +1056,6 @@ async fn write_stop_request(
         by: by.to_string(),
         message: Some(message.to_string()),
     };
-    let key = store.layout.stop_request(run);
-    store
-        .storage
-        .put_bytes(
-            &key,
-            Bytes::from(serde_json::to_string_pretty(&req).unwrap_or_default()),
-            &PutOptions::default().with_content_type("application/json"),
-        )
-        .await
-        .map_err(st(format!("writing {key}")))?;
+    store.docs().put_stop_request(run, &req).await?;
     Ok(())
-}
-
-/// `stop` (graceful) for a local run: as for a VM, unless its agent is gone, when no one
-/// would ever read the request: then the run is closed as `lost`.
-pub async fn stop_local(
-    store: &Store,
-    data_dir: &Path,
-    run: &RunId,
-    by: &str,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    let v = store.load(run).await?;
-    if let Some(rec) = crate::local::record_for(data_dir, run) {
-        if close_lost_local(store, &v, &rec, by, now, out).await? {
-            return Ok(());
-        }
-    }
-    stop(store, None, run, false, by, now, out).await
-}
-
-/// `stop --now` for a local run: write the stop request (as for a VM), kill the agent's
-/// session (the agent and the job), and record the end the agent can no longer write.
-pub async fn stop_local_now(
-    store: &Store,
-    data_dir: &Path,
-    run: &RunId,
-    by: &str,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<(), RunsError> {
-    let v = store.load(run).await?;
-    let rec = crate::local::record_for(data_dir, run).ok_or_else(|| {
-        RunsError::Other(format!(
-            "run {run} was not started on this machine (no record under {}): stop it gracefully with `cloudrun-launch --local stop {run}`",
-            data_dir.display()
-        ))
-    })?;
-    if close_lost_local(store, &v, &rec, by, now, out).await? {
-        return Ok(());
-    }
-    if !rec.alive() {
-        writeln!(out, "the local agent of run {run} is already gone")?;
-        return Ok(());
-    }
-    writeln!(out, "ending run {}", v.brief())?;
-    write_stop_request(store, run, by, now, "stop --now").await?;
-    let n = crate::local::kill_session(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
-    if let Some(mut s) = v.status.filter(|s| !s.phase.is_terminal()) {
-        s.phase = Phase::Ended;
-        s.updated_at = now;
-        s.ended_at = Some(now);
-        s.end = Some(cloudrun::status::EndInfo {
-            reason: cloudrun::status::EndReason::Stopped,
-            exit_code: None,
-            signal: Some(9),
-            message: format!("stop --now by {by}: the local agent and its job were killed"),
-        });
-        s.vm = Some(cloudrun::status::VmFate::LocalExit);
-        let skey = store.layout.status(run);
-        store
-            .storage
-            .put_bytes(
-                &skey,
-                Bytes::from(s.to_json()),
-                &PutOptions::default().with_content_type("application/json"),
-            )
-            .await
-            .map_err(st(format!("writing {skey}")))?;
-    }
-    writeln!(
-        out,
-        "killed the local agent of run {run} (pid {}, {n} process group(s)); outputs not yet synced are lost",
-        rec.pid
-    )?;
-    Ok(())
-}
-
-/// Close a local run whose agent is gone without recording an end: write the final
-/// status the agent never wrote (`lost`, `vm: local_exit`, ended at its last heartbeat)
-/// and say so. Returns whether it did (false when the run is not lost).
-pub async fn close_lost_local(
-    store: &Store,
-    v: &RunView,
-    rec: &crate::local::AgentRecord,
-    by: &str,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<bool, RunsError> {
-    if !v.lost(Some(rec)) {
-        return Ok(false);
-    }
-    let run = &v.run;
-    let mut s = v
-        .status
-        .clone()
-        .unwrap_or_else(|| RunStatus::launching(run.clone(), rec.started_at, 0.0));
-    let last_seen = s.updated_at.min(now);
-    s.phase = Phase::Ended;
-    s.updated_at = now;
-    s.ended_at = Some(last_seen);
-    s.end = Some(cloudrun::status::EndInfo {
-        reason: cloudrun::status::EndReason::Lost,
-        exit_code: None,
-        signal: None,
-        message: format!(
-            "the local agent (pid {}) exited without recording an end (its log: {}); closed by {by}",
-            rec.pid,
-            rec.agent_log.display()
-        ),
-    });
-    s.vm = Some(cloudrun::status::VmFate::LocalExit);
-    // The job may outlive its agent: nothing would ship its output or end it now.
-    let killed = crate::local::kill_leftovers(rec).map_err(|e| RunsError::Other(e.to_string()))?;
-    let skey = store.layout.status(run);
-    store
-        .storage
-        .put_bytes(
-            &skey,
-            Bytes::from(s.to_json()),
-            &PutOptions::default().with_content_type("application/json"),
-        )
-        .await
-        .map_err(st(format!("writing {skey}")))?;
-    writeln!(
-        out,
-        "run {run}: its local agent (pid {}) is gone and the run never recorded an end; recorded it as lost{} (see {})",
-        rec.pid,
-        if killed > 0 {
-            format!(", and killed what was left of its job ({killed} process group(s))")
-        } else {
-            String::new()
-        },
-        rec.agent_log.display()
-    )?;
-    Ok(true)
-}
-
-/// `sweep` for local runs: live local agents whose run ended or went silent, killed with
-/// `--yes`, and runs whose agent is gone without an end, closed as `lost` with `--yes`.
-pub async fn sweep_local(
-    store: &Store,
-    data_dir: &Path,
-    yes: bool,
-    now: DateTime<Utc>,
-    out: &mut dyn Write,
-) -> Result<usize, RunsError> {
-    let mut n = 0;
-    for r in crate::local::records(data_dir) {
-        if !r.alive() {
-            // A dead agent whose run never ended: nothing to kill, but the run stays
-            // `running` forever unless its end is recorded.
-            let v = match store.load(&r.run_id).await {
-                Ok(v) if v.lost(Some(&r)) => v,
-                Ok(_) | Err(RunsError::NoSuchRun { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            n += 1;
-            if yes {
-                close_lost_local(store, &v, &r, "sweep", now, out).await?;
-            } else {
-                writeln!(
-                    out,
-                    "run {}: its local agent (pid {}) is gone and the run never recorded an end; it would be closed as lost",
-                    r.run_id, r.pid
-                )?;
-            }
-            continue;
-        }
-        let why = match store.load(&r.run_id).await {
-            Ok(v) if v.phase().is_terminal() => format!("run ended ({})", v.end()),
-            Ok(v) if v.silent(now) => "no heartbeat".into(),
-            Ok(_) => continue,
-            Err(RunsError::NoSuchRun { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        n += 1;
-        if yes {
-            crate::local::kill_session(&r).map_err(|e| RunsError::Other(e.to_string()))?;
-            writeln!(out, "killed local agent pid {} ({why})", r.pid)?;
-        } else {
-            writeln!(out, "local agent pid {}: {why} (run {})", r.pid, r.run_id)?;
-        }
-    }
-    if n == 0 {
-        writeln!(out, "nothing to sweep")?;
-    } else if !yes {
-        writeln!(
-            out,
-            "{n} local run(s) would be swept; run `cloudrun-launch --local sweep --yes` to do it"
-        )?;
-    }
-    Ok(n)
-}
-
-#[cfg(test)]
-mod delete_tests {
-    use super::*;
-    use cloudrun::status::{DeleteRecord, VmFate};
-
-    fn ended(delete: Option<&str>, vm: Option<VmFate>) -> RunStatus {
-        let run = RunId::parse("20261126-071500-ab12").unwrap();
-        let at: DateTime<Utc> = "2026-11-26T08:00:00Z".parse().unwrap();
-        let mut s = RunStatus::launching(run, at, 1.0);
-        s.phase = Phase::Ended;
-        s.vm = vm;
-        s.delete = delete.map(|op| DeleteRecord {
-            request_id: "req-1".into(),
-            requested_at: at,
-            operation: Some(op.into()),
-        });
-        s
-    }
-
-    #[test]
-    fn a_delete_the_agent_did_not_live_to_confirm_is_confirmed_by_the_compute_api() {
-        let s = ended(Some("operation-9"), None);
-        let gone = vm_state(&Ok(None), Some(&s));
-        assert_eq!(
-            gone,
-            "deleted (the agent asked for its delete at 08:00:00 UTC, operation operation-9; the Compute API no longer has it)"
-        );
-        let up = Instance {
-            status: "STOPPING".into(),
-            ..Instance::default()
-        };
-        let going = vm_state(&Ok(Some(up.clone())), Some(&s));
-        assert!(
-            going.starts_with("STOPPING, being deleted (the agent asked"),
-            "{going}"
-        );
-        let unknown = vm_state(&Err("VM check failed: 503".into()), Some(&s));
-        assert!(unknown.contains("503; the agent asked"), "{unknown}");
-        // Without a recorded delete, or once the agent recorded the fate: as before.
-        assert_eq!(vm_state(&Ok(None), Some(&ended(None, None))), "gone");
-        let fated = ended(Some("operation-9"), Some(VmFate::PoweredOff));
-        assert_eq!(vm_state(&Ok(Some(up)), Some(&fated)), "STOPPING");
-    }
 }

@@ -1,0 +1,260 @@
+//! The run documents in the store, typed: the spec, the status and the stop request of a
+//! run, read and written over any [`Storage`] with one content type and one rule for
+//! conditional writes. Every `status.json` the launcher or the agent writes goes through
+//! here; nothing else spells those keys or their JSON options.
+//!
+//! It owns no retries (the storage client retries each request) and no policy about
+//! what a status should say (the caller builds the document).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::layout::Layout;
+use crate::run_id::RunId;
+use crate::spec::RunSpec;
+use crate::status::{RunStatus, StopRequest};
+use crate::storage::{PutOptions, Storage, StorageError};
+
+/// The content type of every run document.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// Why a run document could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RunStoreError {
+    #[error("{what} {key}: {source}")]
+    Storage {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: StorageError,
+    },
+    /// The document exists but does not parse: named, so that one broken document does
+    /// not hide the rest of the run.
+    #[error("{name} is unreadable ({detail})")]
+    Unreadable { name: &'static str, detail: String },
+}
+
+/// A status as read, with the generation a conditional rewrite must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub doc: T,
+    pub generation: i64,
+}
+
+/// The run documents under one store's layout.
+#[derive(Clone)]
+pub struct RunStore {
+    pub storage: Arc<dyn Storage>,
+    pub layout: Layout,
+}
+
+fn json_opts() -> PutOptions {
+    PutOptions::default().with_content_type(JSON_CONTENT_TYPE)
+}
+
+impl RunStore {
+    pub fn new(storage: Arc<dyn Storage>, layout: Layout) -> Self {
+        RunStore { storage, layout }
+    }
+
+    async fn put(&self, key: String, body: String, opts: PutOptions) -> Result<(), RunStoreError> {
+        self.storage
+            .put_bytes(&key, Bytes::from(body), &opts)
+            .await
+            .map(|_| ())
+            .map_err(|source| RunStoreError::Storage {
+                what: "writing",
+                key,
+                source,
+            })
+    }
+
+    /// The bytes of `key`, `None` when absent.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, RunStoreError> {
+        match self.storage.get_bytes(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(source) => Err(RunStoreError::Storage {
+                what: "reading",
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Write the run's spec (`runs/<id>/spec.json`), replacing any earlier one.
+    pub async fn put_spec(&self, spec: &RunSpec) -> Result<(), RunStoreError> {
+        self.put(self.layout.spec(&spec.run_id), spec.to_json(), json_opts())
+            .await
+    }
+
+    /// The run's spec, `None` when absent.
+    pub async fn spec(&self, run: &RunId) -> Result<Option<RunSpec>, RunStoreError> {
+        let Some(b) = self.get(&self.layout.spec(run)).await? else {
+            return Ok(None);
+        };
+        RunSpec::from_json(&String::from_utf8_lossy(&b))
+            .map(Some)
+            .map_err(|e| RunStoreError::Unreadable {
+                name: "spec.json",
+                detail: e.to_string(),
+            })
+    }
+
+    /// Write the run's status, replacing whatever is there.
+    pub async fn put_status(&self, status: &RunStatus) -> Result<(), RunStoreError> {
+        self.put(
+            self.layout.status(&status.run_id),
+            status.to_json(),
+            json_opts(),
+        )
+        .await
+    }
+
+    /// Write the run's status only if the stored one still has `generation`. Returns
+    /// `false` when another writer got there first (its status is newer).
+    pub async fn put_status_if(
+        &self,
+        status: &RunStatus,
+        generation: i64,
+    ) -> Result<bool, RunStoreError> {
+        let opts = PutOptions {
+            if_generation_match: Some(generation),
+            ..json_opts()
+        };
+        match self
+            .put(self.layout.status(&status.run_id), status.to_json(), opts)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(RunStoreError::Storage {
+                source: StorageError::PreconditionFailed { .. },
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The run's status with its generation, `None` when absent.
+    pub async fn status(&self, run: &RunId) -> Result<Option<Versioned<RunStatus>>, RunStoreError> {
+        let key = self.layout.status(run);
+        let meta = match self.storage.head(&key).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(source) => {
+                return Err(RunStoreError::Storage {
+                    what: "checking",
+                    key,
+                    source,
+                })
+            }
+        };
+        let Some(b) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let doc = RunStatus::from_json(&String::from_utf8_lossy(&b)).map_err(|e| {
+            RunStoreError::Unreadable {
+                name: "status.json",
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(Some(Versioned {
+            doc,
+            generation: meta.generation,
+        }))
+    }
+
+    /// Ask the run's agent to stop (`runs/<id>/control/stop.json`).
+    pub async fn put_stop_request(
+        &self,
+        run: &RunId,
+        req: &StopRequest,
+    ) -> Result<(), RunStoreError> {
+        self.put(
+            self.layout.stop_request(run),
+            serde_json::to_string_pretty(req).unwrap_or_default(),
+            json_opts(),
+        )
+        .await
+    }
+
+    /// The stop request of the run, `None` when nobody asked.
+    pub async fn stop_request(&self, run: &RunId) -> Result<Option<StopRequest>, RunStoreError> {
+        let Some(b) = self.get(&self.layout.stop_request(run)).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| RunStoreError::Unreadable {
+                name: "control/stop.json",
+                detail: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStorage;
+    use chrono::{DateTime, Utc};
+
+    fn store(dir: &std::path::Path) -> RunStore {
+        RunStore::new(
+            Arc::new(LocalStorage::new(dir.to_path_buf())),
+            Layout::new("p"),
+        )
+    }
+
+    fn at() -> DateTime<Utc> {
+        "2026-12-02T10:00:00Z".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_status_round_trips_and_a_stale_conditional_write_loses() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let run = RunId::parse("20261202-100000-ab12").unwrap();
+        assert!(s.status(&run).await.unwrap().is_none());
+        let first = RunStatus::launching(run.clone(), at(), 1.5);
+        s.put_status(&first).await.unwrap();
+        let read = s.status(&run).await.unwrap().unwrap();
+        assert_eq!(read.doc, first);
+        // The agent writes meanwhile: the launcher's rewrite of the older one loses.
+        let mut agent = first.clone();
+        agent.phase = crate::status::Phase::Running;
+        s.put_status(&agent).await.unwrap();
+        assert!(!s.put_status_if(&first, read.generation).await.unwrap());
+        assert_eq!(s.status(&run).await.unwrap().unwrap().doc, agent);
+        let now = s.status(&run).await.unwrap().unwrap();
+        assert!(s.put_status_if(&first, now.generation).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_broken_document_is_named_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let run = RunId::parse("20261202-100000-ab12").unwrap();
+        s.storage
+            .put_bytes(
+                &s.layout.status(&run),
+                Bytes::from_static(b"{not json"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let e = s.status(&run).await.unwrap_err();
+        assert!(
+            e.to_string().starts_with("status.json is unreadable"),
+            "{e}"
+        );
+        assert!(s.stop_request(&run).await.unwrap().is_none());
+        let req = StopRequest {
+            requested_at: at(),
+            by: "a@b".into(),
+            message: Some("stop".into()),
+        };
+        s.put_stop_request(&run, &req).await.unwrap();
+        assert_eq!(s.stop_request(&run).await.unwrap(), Some(req));
+    }
+}
