@@ -385,6 +385,7 @@ pub const GPUS: &[GpuRow] = &[
     recognised("nvidia-rtx-pro-6000", &["RTX", "PRO", "6000"], &[]),
 ];
 
+/// A [`Machine`], written short for the rows.
 const fn vm(machine_type: &'static str, gpus: u32, vcpus: u32, memory_gib: f64) -> Machine {
     Machine {
         machine_type,
@@ -453,9 +454,7 @@ pub fn built_in<'t>(table: &'t [GpuRow], machine_type: &str) -> Option<(&'t GpuR
     launchable(table)
         .filter(|(_, l)| l.attach == Attach::BuiltIn)
         .find_map(|(r, l)| {
-            l.shapes
-                .iter()
-                .chain(l.also)
+            l.machines()
                 .find(|m| m.machine_type == machine_type)
                 .map(|m| (r, m))
         })
@@ -465,7 +464,7 @@ pub fn built_in<'t>(table: &'t [GpuRow], machine_type: &str) -> Option<(&'t GpuR
 pub fn machine_families() -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
     for (_, l) in launchable(GPUS) {
-        for m in l.shapes.iter().chain(l.also) {
+        for m in l.machines() {
             if !out.contains(&m.family()) {
                 out.push(m.family());
             }

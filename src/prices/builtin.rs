@@ -21,7 +21,7 @@
 //! - Only the regions the launcher's default zones name are here; a zone elsewhere is
 //!   priced from the catalog or a prices.toml, or has no price. A new row of the GPU
 //!   table ([`crate::gpu_table`]) needs its GPU rows here (and, for a new machine family,
-//!   its [`SPLIT`] and [`FAMILY_ROWS`]); the table's test says which are missing.
+//!   its `SPLIT` and `FAMILY_ROWS`); the table's test says which are missing.
 
 use std::collections::BTreeMap;
 
