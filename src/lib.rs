@@ -2,8 +2,8 @@
 //! `cloudrun-agent` (the VM side).
 //!
 //! It owns the run spec and status types, the object layout under `GCS_DIR`, the storage
-//! backends and the sync engine, the Compute REST client, the retry policy, prices and
-//! billing arithmetic. It holds nothing specific to either binary.
+//! backends and the sync engine, the Compute REST client, the retry policy, the GPU table,
+//! prices and billing arithmetic. It holds nothing specific to either binary.
 
 pub mod billing;
 pub mod compute;
@@ -11,6 +11,7 @@ pub mod compute_rest;
 pub mod contract;
 pub mod google_rest;
 pub mod gpu_names;
+pub mod gpu_table;
 pub mod http;
 pub mod joblog;
 pub mod layout;

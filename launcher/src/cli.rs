@@ -95,8 +95,8 @@ pub struct GlobalArgs {
 /// What to launch and how.
 #[derive(Debug, Args, Default, Clone)]
 pub struct LaunchArgs {
-    /// GPU: t4, v100, p100, l4, a100, a100-80gb, h100, with an optional :COUNT (a100:2)
-    #[arg(long, value_name = "KIND[:N]")]
+    // The help lists the kinds of the GPU table.
+    #[arg(long, value_name = "KIND[:N]", help = crate::gpu::gpu_help())]
     pub gpu: Option<String>,
     /// Machine type (overrides the one --gpu picks), e.g. g2-standard-16
     #[arg(long, value_name = "TYPE")]

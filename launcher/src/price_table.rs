@@ -6,9 +6,6 @@ use cloudrun::prices::{Estimate, PriceBook, QuoteRequest};
 
 use crate::gpu::{self, GpuKind, Hardware, HardwareError};
 
-/// GPU counts to try per kind (a kind lists only those it has shapes for).
-const COUNTS: [u32; 5] = [1, 2, 4, 8, 16];
-
 fn shapes(gpu: Option<&str>) -> Result<Vec<Hardware>, HardwareError> {
     match gpu {
         Some(g) if g.contains(':') => Ok(vec![gpu::resolve(Some(g), None)?]),
@@ -16,13 +13,13 @@ fn shapes(gpu: Option<&str>) -> Result<Vec<Hardware>, HardwareError> {
             let (kind, _) = gpu::parse_gpu(g)?;
             Ok(all_counts(kind))
         }
-        None => Ok(GpuKind::ALL.iter().flat_map(|k| all_counts(*k)).collect()),
+        None => Ok(GpuKind::all().flat_map(all_counts).collect()),
     }
 }
 
+/// One shape per GPU count the kind's row offers, fewest GPUs first.
 fn all_counts(kind: GpuKind) -> Vec<Hardware> {
-    COUNTS
-        .iter()
+    kind.counts()
         .filter_map(|n| gpu::resolve(Some(&format!("{}:{n}", kind.short())), None).ok())
         .collect()
 }

@@ -1,17 +1,14 @@
-//! Zone facts, kept apart from the GPU shapes and prices in [`crate::gpu`]: the Compute
-//! Engine regions and their zone letters, and which zones of some regions offer each GPU.
-//! `plan` uses them to refuse a zone that does not exist (`us-central1-z`) and a GPU/zone
-//! pair known not to exist (an H100 in `us-central1-f`), naming the zones that have it.
+//! Zone facts: the Compute Engine regions and their zone letters, and the checks of a
+//! zone and of a GPU/zone pair against them and the GPU table's charted zones
+//! ([`cloudrun::gpu_table::Launch::zones`]). `plan` uses them to refuse a zone that does
+//! not exist (`us-central1-z`) and a GPU/zone pair known not to exist (an H100 in
+//! `us-central1-f`), naming the zones that have it.
 //!
-//! Pure data, no network. The L4, A100, A100 80GB and H100 rows follow the zones of the
-//! `g2-standard-*`, `a2-highgpu-1g`, `a2-ultragpu-1g` and `a3-highgpu-1g` rows of
-//! SkyPilot's GCP catalog v8 (the source of the built-in price table); the T4, V100 and
-//! P100 rows and the region list follow Google's "GPU regions and zones" and "Regions and
-//! zones" pages as recalled when the table was made. Compute's own `acceleratorTypes.list`
-//! is the truth, and a zone the table gets wrong fails at insert with Google's error.
-//! Only a region listed for a GPU in [`GPU_ZONES`] is *charted* for it: a zone of an
-//! uncharted region is let through (with no claim either way), so a gap in this table
-//! never blocks a real zone; only a wrong entry could.
+//! Pure data, no network. The region list follows Google's "Regions and zones" page as
+//! recalled when the table was made; Compute's own `zones.list` is the truth. Only a
+//! region a GPU's row lists is *charted* for it: a zone of an uncharted region is let
+//! through (with no claim either way), so a gap in the table never blocks a real zone;
+//! only a wrong entry could.
 
 use crate::gpu::GpuKind;
 
@@ -62,97 +59,6 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("us-west4", "abc"),
 ];
 
-/// Per GPU, the charted regions and the zone letters in each that offer it. A region
-/// missing from a GPU's row is uncharted for that GPU, not "none".
-pub const GPU_ZONES: &[(GpuKind, &[(&str, &str)])] = &[
-    (
-        GpuKind::T4,
-        &[
-            ("us-central1", "abcf"),
-            ("us-east1", "cd"),
-            ("us-west1", "ab"),
-            ("europe-west4", "abc"),
-        ],
-    ),
-    (
-        GpuKind::V100,
-        &[
-            ("us-central1", "abcf"),
-            ("us-west1", "ab"),
-            ("europe-west4", "abc"),
-        ],
-    ),
-    (
-        GpuKind::P100,
-        &[
-            ("us-central1", "cf"),
-            ("us-east1", "bc"),
-            ("us-west1", "ab"),
-            ("europe-west4", "a"),
-        ],
-    ),
-    (
-        GpuKind::L4,
-        &[
-            ("us-central1", "abc"),
-            ("us-east1", "bcd"),
-            ("us-east4", "ac"),
-            ("us-west1", "abc"),
-            ("us-west4", "ac"),
-            ("northamerica-northeast1", "bc"),
-            ("northamerica-northeast2", "ab"),
-            ("europe-west1", "bc"),
-            ("europe-west2", "ab"),
-            ("europe-west3", "ab"),
-            ("europe-west4", "abc"),
-            ("europe-west6", "bc"),
-            ("me-central2", "ac"),
-            ("asia-east1", "abc"),
-            ("asia-northeast1", "abc"),
-            ("asia-northeast3", "ab"),
-            ("asia-south1", "abc"),
-            ("asia-southeast1", "abc"),
-        ],
-    ),
-    (
-        GpuKind::A100,
-        &[
-            ("us-central1", "abcf"),
-            ("us-east1", "b"),
-            ("us-west1", "b"),
-            ("us-west3", "b"),
-            ("us-west4", "b"),
-            ("europe-west4", "ab"),
-            ("me-west1", "ac"),
-            ("asia-northeast1", "ac"),
-            ("asia-northeast3", "ab"),
-            ("asia-southeast1", "abc"),
-        ],
-    ),
-    (
-        GpuKind::A100_80,
-        &[
-            ("us-central1", "ac"),
-            ("us-east4", "c"),
-            ("us-east5", "ab"),
-            ("europe-west4", "a"),
-            ("asia-southeast1", "c"),
-        ],
-    ),
-    (
-        GpuKind::H100,
-        &[
-            ("us-central1", "abc"),
-            ("us-east4", "abc"),
-            ("us-east5", "a"),
-            ("us-west1", "ab"),
-            ("us-west4", "a"),
-            ("europe-west1", "bc"),
-            ("europe-west4", "bc"),
-        ],
-    ),
-];
-
 /// A zone name split into its region and letter (`us-central1-a` → `us-central1`, `a`).
 fn split(zone: &str) -> Option<(&str, char)> {
     let (region, letter) = zone.rsplit_once('-')?;
@@ -191,17 +97,15 @@ fn zones_of(region: &str, letters: &str) -> Vec<String> {
 /// zone's region for that GPU and the zone is not among its zones; `None` when unknown.
 pub fn offers(gpu: GpuKind, zone: &str) -> Option<bool> {
     let (region, letter) = split(zone)?;
-    let (_, regions) = GPU_ZONES.iter().find(|(g, _)| *g == gpu)?;
-    let (_, letters) = regions.iter().find(|(r, _)| *r == region)?;
+    let (_, letters) = gpu.zones().iter().find(|(r, _)| *r == region)?;
     Some(letters.contains(letter))
 }
 
 /// Every zone the table knows to offer `gpu`.
 pub fn zones_with(gpu: GpuKind) -> Vec<String> {
-    GPU_ZONES
+    gpu.zones()
         .iter()
-        .filter(|(g, _)| *g == gpu)
-        .flat_map(|(_, regions)| regions.iter().flat_map(|(r, l)| zones_of(r, l)))
+        .flat_map(|(r, l)| zones_of(r, l))
         .collect()
 }
 
@@ -232,6 +136,10 @@ pub fn check_gpu_in_zone(gpu: GpuKind, zone: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn h100() -> GpuKind {
+        crate::gpu::parse_gpu("h100").unwrap().0
+    }
+
     #[test]
     fn zone_names_are_checked_against_the_regions() {
         assert_eq!(check_zone("us-central1-f"), Ok(()));
@@ -254,37 +162,31 @@ mod tests {
 
     #[test]
     fn a_gpu_in_a_charted_zone_without_it_is_refused_with_the_zones_that_have_it() {
-        let e = check_gpu_in_zone(GpuKind::H100, "us-central1-f").unwrap_err();
+        let e = check_gpu_in_zone(h100(), "us-central1-f").unwrap_err();
         assert!(e.contains("zone us-central1-f has no h100 GPUs"), "{e}");
         assert!(
             e.contains("in us-central1: us-central1-a, us-central1-b, us-central1-c"),
             "{e}"
         );
         assert!(e.contains("europe-west4-b"), "{e}");
-        assert_eq!(check_gpu_in_zone(GpuKind::H100, "us-central1-a"), Ok(()));
+        assert_eq!(check_gpu_in_zone(h100(), "us-central1-a"), Ok(()));
         // Uncharted: no claim, no refusal.
-        assert_eq!(offers(GpuKind::H100, "asia-south2-a"), None);
-        assert_eq!(check_gpu_in_zone(GpuKind::H100, "asia-south2-a"), Ok(()));
+        assert_eq!(offers(h100(), "asia-south2-a"), None);
+        assert_eq!(check_gpu_in_zone(h100(), "asia-south2-a"), Ok(()));
     }
 
     #[test]
-    fn the_tables_agree_with_each_other_and_the_default_zones() {
-        for (gpu, regions) in GPU_ZONES {
-            for (region, letters) in *regions {
+    fn every_gpu_rows_zones_are_real_zones_and_its_default_zones_are_charted() {
+        for gpu in GpuKind::all() {
+            for (region, letters) in gpu.zones() {
                 for z in zones_of(region, letters) {
                     assert_eq!(check_zone(&z), Ok(()), "{gpu}: {z}");
                 }
             }
             for z in gpu.default_zones() {
                 assert_eq!(check_zone(z), Ok(()), "{gpu} default {z}");
-                assert_ne!(offers(*gpu, z), Some(false), "{gpu} default zone {z}");
+                assert_ne!(offers(gpu, z), Some(false), "{gpu} default zone {z}");
             }
-        }
-        for gpu in GpuKind::ALL {
-            assert!(
-                GPU_ZONES.iter().any(|(g, _)| *g == gpu),
-                "{gpu} has no row in GPU_ZONES"
-            );
         }
     }
 }

@@ -5,7 +5,8 @@
 //! The matcher follows the lessons in reference/billing-catalog.md §5: a SKU counts only
 //! when its `resourceFamily`, `resourceGroup` and `usageType` fit and its description,
 //! with the Spot wording and the `running in <place>` tail removed, is **exactly** one of
-//! the names in [`GPU_NAMES`] or `<FAMILY> Instance Core|Ram`; regions come from
+//! the GPU table's SKU names ([`crate::gpu_table::GpuRow::sku_names`]) or
+//! `<FAMILY> Instance Core|Ram` for a family the table's machine types use; regions come from
 //! `serviceRegions`, never from the description; commitment, custom, sole-tenancy and
 //! virtual-workstation SKUs are lookalikes and never match. A SKU that matches but
 //! cannot be read (no `pricingInfo`, another currency, an unexpected unit) is skipped
@@ -106,21 +107,10 @@ impl Money {
     }
 }
 
-/// GPU SKU names (description without the Spot wording and the place) → accelerator.
-pub const GPU_NAMES: &[(&str, &str)] = &[
-    ("nvidia tesla t4 gpu", "nvidia-tesla-t4"),
-    ("nvidia tesla v100 gpu", "nvidia-tesla-v100"),
-    ("nvidia tesla p100 gpu", "nvidia-tesla-p100"),
-    ("nvidia l4 gpu", "nvidia-l4"),
-    ("nvidia tesla a100 gpu", "nvidia-tesla-a100"),
-    ("nvidia tesla a100 80gb gpu", "nvidia-a100-80gb"),
-    ("nvidia a100 80gb gpu", "nvidia-a100-80gb"),
-    ("nvidia h100 80gb gpu", "nvidia-h100-80gb"),
-];
-
-/// Machine families priced from `<FAMILY> Instance Core|Ram` SKUs (N1's say
-/// `N1 Predefined Instance Core|Ram`).
-pub const FAMILIES: &[&str] = &["n1", "g2", "a2", "a3"];
+/// Machine families are priced from `<FAMILY> Instance Core|Ram` SKUs; N1's say
+/// `N1 Predefined Instance Core|Ram`. The families are the GPU table's
+/// ([`crate::gpu_table::machine_families`]).
+const N1_SKU_STEM: &str = "n1 predefined instance";
 
 /// Words that mark a lookalike SKU (lower case).
 const LOOKALIKE_WORDS: &[&str] = &[
@@ -185,15 +175,15 @@ fn classify(sku: &Sku) -> Option<(Item, bool)> {
     let spot = spot_usage || spot_words;
     let group = sku.category.resource_group.as_str();
     if group == "GPU" {
-        let accel = GPU_NAMES.iter().find(|(n, _)| *n == name)?.1;
+        let accel = crate::gpu_table::sku_accelerator(&name)?;
         return Some((Item::Gpu(accel), spot));
     }
     if !matches!(group, "CPU" | "RAM" | "N1Standard") {
         return None;
     }
-    for fam in FAMILIES {
-        let stem = if *fam == "n1" {
-            "n1 predefined instance".to_string()
+    for fam in crate::gpu_table::machine_families() {
+        let stem = if fam == "n1" {
+            N1_SKU_STEM.to_string()
         } else {
             format!("{fam} instance")
         };

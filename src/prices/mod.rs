@@ -226,46 +226,19 @@ pub struct Shape {
     pub memory_gib: f64,
 }
 
-/// Machine shapes the launcher creates (reference/billing-catalog.md §6: `guestCpus` and
-/// `memoryMb / 1024` from `machineTypes.list`; N1 from the machine-types page).
-const SHAPES: &[(&str, u32, f64)] = &[
-    ("g2-standard-4", 4, 16.0),
-    ("g2-standard-8", 8, 32.0),
-    ("g2-standard-12", 12, 48.0),
-    ("g2-standard-16", 16, 64.0),
-    ("g2-standard-24", 24, 96.0),
-    ("g2-standard-32", 32, 128.0),
-    ("g2-standard-48", 48, 192.0),
-    ("g2-standard-96", 96, 384.0),
-    ("a2-highgpu-1g", 12, 85.0),
-    ("a2-highgpu-2g", 24, 170.0),
-    ("a2-highgpu-4g", 48, 340.0),
-    ("a2-highgpu-8g", 96, 680.0),
-    ("a2-megagpu-16g", 96, 1360.0),
-    ("a2-ultragpu-1g", 12, 170.0),
-    ("a2-ultragpu-2g", 24, 340.0),
-    ("a2-ultragpu-4g", 48, 680.0),
-    ("a2-ultragpu-8g", 96, 1360.0),
-    ("a3-highgpu-1g", 26, 234.0),
-    ("a3-highgpu-2g", 52, 468.0),
-    ("a3-highgpu-4g", 104, 936.0),
-    ("a3-highgpu-8g", 208, 1872.0),
-];
-
 /// GiB per vCPU of N1's predefined types, by the type's middle word.
 const N1_GIB_PER_VCPU: &[(&str, f64)] = &[("standard", 3.75), ("highmem", 6.5), ("highcpu", 0.9)];
 
-/// The shape of `machine_type`, when known: the table above, or any N1 predefined type
+/// The shape of `machine_type`, when known: a machine type of the GPU table
+/// ([`crate::gpu_table`]; reference/billing-catalog.md §6: `guestCpus` and
+/// `memoryMb / 1024` from `machineTypes.list`), or any N1 predefined type
 /// (`n1-standard-8`, `n1-highmem-16`, …).
 pub fn shape(machine_type: &str) -> Option<Shape> {
-    if let Some((_, v, g)) = SHAPES.iter().find(|(m, _, _)| *m == machine_type) {
-        let family = SHAPES_FAMILY
-            .iter()
-            .find(|f| machine_type.starts_with(*f))?;
+    if let Some(m) = crate::gpu_table::machine(machine_type) {
         return Some(Shape {
-            family,
-            vcpus: *v,
-            memory_gib: *g,
+            family: m.family(),
+            vcpus: m.vcpus,
+            memory_gib: m.memory_gib,
         });
     }
     let mut parts = machine_type.split('-');
@@ -282,8 +255,6 @@ pub fn shape(machine_type: &str) -> Option<Shape> {
         memory_gib: per * f64::from(vcpus),
     })
 }
-
-const SHAPES_FAMILY: &[&str] = &["g2", "a2", "a3", "n1"];
 
 /// `us-central1-a` → `us-central1`.
 pub fn region_of(zone: &str) -> &str {
