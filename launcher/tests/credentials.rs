@@ -1,25 +1,27 @@
 //! Credentials, through the real binary with a controlled environment: a
 //! service-account key whose `token_uri` is a local token server, the gcloud CLI (a fake
 //! script that is the whole `PATH`), Application Default Credentials in `$HOME`, and the
-//! message when none works. `sweep` is the probe: it needs a token for Compute (the fake,
-//! which records the `Authorization` header) and reads the store from a local directory.
+//! message when none works. `sweep` is the probe: it needs a token for Compute (the testkit's
+//! emulator, which records the `Authorization` header) and reads the store from a local directory.
 //! Nothing here can reach Google or the metadata server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use cloudrun_testkit::gce::GceEmulator;
 use common::auth::{
     fake_gcloud, gcloud_calls, jwt_claims, service_account_key, token_server, SA_EMAIL,
 };
 use common::bin::{Ran, Sandbox};
-use common::compute_fake::{start, Zone, S};
+use common::compute::emulator;
 
 const ACCOUNT: &str = "me@example.org";
 
-/// `cloudrun-launch sweep` against the Compute fake, with `env` on top of the base.
-async fn sweep(sb: &Sandbox, env: &[(&str, String)]) -> (Ran, S) {
-    let (fake, base) = start(&[("us-central1-a", Zone::Ok)]).await;
+/// `cloudrun-launch sweep` against the Compute emulator, with `env` on top of the base.
+async fn sweep(sb: &Sandbox, env: &[(&str, String)]) -> (Ran, GceEmulator) {
+    let fake = emulator(&[]);
+    let base = fake.compute_url();
     let store = sb.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
     let mut all = vec![
@@ -32,8 +34,8 @@ async fn sweep(sb: &Sandbox, env: &[(&str, String)]) -> (Ran, S) {
     (ran, fake)
 }
 
-fn auth_headers(fake: &S) -> Vec<String> {
-    fake.auth_headers.lock().unwrap().clone()
+fn auth_headers(fake: &GceEmulator) -> Vec<String> {
+    common::compute::auth_headers(fake)
 }
 
 #[tokio::test]

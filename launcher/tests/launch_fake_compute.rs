@@ -1,8 +1,9 @@
-//! The launch against the in-process Compute fake (`common::compute_fake`), which
+//! The launch against the testkit's Compute Engine emulator (`common::compute`), which
 //! reproduces the real service's quirks: inserts return a PENDING Operation, and capacity
 //! or quota failures arrive late, as DONE with `error.errors`; a `requestId` seen before
-//! returns the first Operation instead of creating a second VM. Storage is a local
-//! directory; the code push is the real sync engine.
+//! returns the first Operation instead of creating a second VM; a half-created instance
+//! can stay behind in an exhausted zone. Storage is a local directory; the code push is
+//! the real sync engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,7 +23,8 @@ use cloudrun_launch::plan::{build, LaunchPlan, PlanInputs};
 use cloudrun_launch::push::SyncPusher;
 use cloudrun_launch::settings::{Settings, Source, Sourced};
 
-use common::compute_fake::{start, Zone, S};
+use cloudrun_testkit::gce::{GceEmulator, ZoneState};
+use common::compute::{deletes, emulator, inserts, wait_until_at_most};
 
 fn s<T>(v: T) -> Option<Sourced<T>> {
     Some(Sourced {
@@ -31,7 +33,7 @@ fn s<T>(v: T) -> Option<Sourced<T>> {
     })
 }
 
-fn plan(dir: &Path, zones: &[(&str, Zone)], family: &str) -> LaunchPlan {
+fn plan(dir: &Path, zones: &[(&str, ZoneState)], family: &str) -> LaunchPlan {
     let proj = dir.join("project");
     std::fs::create_dir_all(proj.join("src")).unwrap();
     std::fs::write(proj.join("main.py"), "print('train')\n").unwrap();
@@ -74,7 +76,7 @@ fn fast() -> RetryPolicy {
 }
 
 struct Run {
-    fake: S,
+    emu: GceEmulator,
     store: Arc<LocalStorage>,
     lines: Vec<String>,
     result: Result<cloudrun_launch::launch::Launched, LaunchError>,
@@ -82,9 +84,13 @@ struct Run {
     _dir: tempfile::TempDir,
 }
 
-async fn run(zones: &[(&str, Zone)], family: &str) -> Run {
+async fn run(zones: &[(&str, ZoneState)], family: &str) -> Run {
+    run_on(emulator(zones), zones, family).await
+}
+
+async fn run_on(emu: GceEmulator, zones: &[(&str, ZoneState)], family: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let (fake, base) = start(zones).await;
+    let base = emu.compute_url();
     let plan = plan(dir.path(), zones, family);
     let store = Arc::new(LocalStorage::new(dir.path().join("bucket")));
     let compute = RestCompute::new(&base, Arc::new(StaticToken::new("t").unwrap()))
@@ -105,7 +111,7 @@ async fn run(zones: &[(&str, Zone)], family: &str) -> Run {
     )
     .await;
     Run {
-        fake,
+        emu,
         store,
         lines,
         result,
@@ -118,8 +124,8 @@ async fn run(zones: &[(&str, Zone)], family: &str) -> Run {
 async fn an_exhausted_zone_fails_over_to_the_next_and_its_leftover_is_deleted() {
     let r = run(
         &[
-            ("us-central1-a", Zone::Exhausted),
-            ("us-central1-b", Zone::Ok),
+            ("us-central1-a", ZoneState::OutOfCapacityLeavingInstance),
+            ("us-central1-b", ZoneState::Available),
         ],
         "common-cu128",
     )
@@ -136,12 +142,13 @@ async fn an_exhausted_zone_fails_over_to_the_next_and_its_leftover_is_deleted() 
         attempt_lines[0].contains("ZONE_RESOURCE_POOL_EXHAUSTED")
             && attempt_lines[0].contains("next zone")
     );
-    assert_eq!(r.fake.inserts.lock().unwrap().len(), 2);
+    assert_eq!(inserts(&r.emu).len(), 2);
     assert_eq!(
-        *r.fake.deletes.lock().unwrap(),
+        deletes(&r.emu),
         [format!("us-central1-a/{}", r.plan.instance_name)]
     );
-    assert_eq!(r.fake.instances.lock().unwrap().len(), 1);
+    wait_until_at_most(&r.emu, 1).await;
+    assert_eq!(r.emu.instances()[0].zone, "us-central1-b");
 
     // The store has the code, the agent, the spec (with the zone) and a launching status.
     let layout = &r.plan.layout;
@@ -174,15 +181,7 @@ async fn an_exhausted_zone_fails_over_to_the_next_and_its_leftover_is_deleted() 
         .unwrap()
         .is_some());
     // The VM boots the image the family resolved to.
-    let body = r
-        .fake
-        .instances
-        .lock()
-        .unwrap()
-        .values()
-        .next()
-        .cloned()
-        .unwrap();
+    let body = r.emu.instances()[0].insert_body.clone();
     assert!(body["disks"][0]["initializeParams"]["sourceImage"]
         .as_str()
         .unwrap()
@@ -195,23 +194,16 @@ async fn a_regional_quota_skips_that_region_and_names_the_quota() {
         &[
             (
                 "us-central1-a",
-                Zone::Quota("Quota 'NVIDIA_L4_GPUS' exceeded.  Limit: 0.0 in region us-central1."),
+                ZoneState::QuotaExceeded("NVIDIA_L4_GPUS".into()),
             ),
-            ("us-central1-b", Zone::Ok),
-            ("us-east1-b", Zone::Ok),
+            ("us-central1-b", ZoneState::Available),
+            ("us-east1-b", ZoneState::Available),
         ],
         "common-cu128",
     )
     .await;
     assert_eq!(r.result.unwrap().instance.zone, "us-east1-b");
-    let zones: Vec<String> = r
-        .fake
-        .inserts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(z, _)| z.clone())
-        .collect();
+    let zones: Vec<String> = inserts(&r.emu).into_iter().map(|(z, _)| z).collect();
     assert_eq!(zones, ["us-central1-a", "us-east1-b"]);
     assert!(
         r.lines
@@ -224,7 +216,7 @@ async fn a_regional_quota_skips_that_region_and_names_the_quota() {
 
 #[tokio::test]
 async fn quota_in_every_zone_says_how_to_ask_for_more() {
-    let q = Zone::Quota("Quota 'NVIDIA_L4_GPUS' exceeded.  Limit: 0.0 in region us-central1.");
+    let q = ZoneState::QuotaExceeded("NVIDIA_L4_GPUS".into());
     let r = run(&[("us-central1-a", q)], "common-cu128").await;
     let err = r.result.unwrap_err().to_string();
     assert!(
@@ -239,9 +231,9 @@ async fn gpus_all_regions_stops_the_search() {
         &[
             (
                 "us-central1-a",
-                Zone::Quota("Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally."),
+                ZoneState::QuotaExceeded("GPUS_ALL_REGIONS".into()),
             ),
-            ("us-east1-b", Zone::Ok),
+            ("us-east1-b", ZoneState::Available),
         ],
         "common-cu128",
     )
@@ -251,22 +243,29 @@ async fn gpus_all_regions_stops_the_search() {
         err.contains("GPUS_ALL_REGIONS") && err.contains("Every region would fail"),
         "{err}"
     );
-    assert_eq!(r.fake.inserts.lock().unwrap().len(), 1);
+    assert_eq!(inserts(&r.emu).len(), 1);
 }
 
 #[tokio::test]
 async fn a_retried_insert_reuses_its_request_id_and_makes_one_vm() {
-    let r = run(&[("us-central1-a", Zone::LostReply)], "common-cu128").await;
+    let zones = [("us-central1-a", ZoneState::Available)];
+    let emu = emulator(&zones);
+    // The insert lands, but its reply is lost the first time.
+    emu.lose_next_reply("POST", "/zones/us-central1-a/instances", 503, 1);
+    let r = run_on(emu, &zones, "common-cu128").await;
     r.result.unwrap();
-    let inserts = r.fake.inserts.lock().unwrap().clone();
+    let inserts = inserts(&r.emu);
     assert_eq!(inserts.len(), 2, "one lost reply, one retry");
     assert_eq!(inserts[0].1, inserts[1].1, "same requestId");
-    assert_eq!(r.fake.instances.lock().unwrap().len(), 1);
+    assert_eq!(r.emu.instances().len(), 1);
 }
 
 #[tokio::test]
 async fn a_retired_image_family_fails_before_anything_is_uploaded() {
-    let r = run(&[("us-central1-a", Zone::Ok)], "retired-family").await;
+    let zones = [("us-central1-a", ZoneState::Available)];
+    let emu = emulator(&zones);
+    emu.retire_family("retired-family");
+    let r = run_on(emu, &zones, "retired-family").await;
     let err = r.result.unwrap_err();
     assert!(
         matches!(err, LaunchError::ImageFamilyRetired { .. }),
@@ -277,7 +276,7 @@ async fn a_retired_image_family_fails_before_anything_is_uploaded() {
             .contains("gcloud compute images list --project deeplearning-platform-release"),
         "{err}"
     );
-    assert!(r.fake.inserts.lock().unwrap().is_empty());
+    assert!(inserts(&r.emu).is_empty());
     assert!(
         r.store.list("").await.unwrap().is_empty(),
         "nothing uploaded"
@@ -288,8 +287,8 @@ async fn a_retired_image_family_fails_before_anything_is_uploaded() {
 async fn no_zone_with_room_lists_every_attempt() {
     let r = run(
         &[
-            ("us-central1-a", Zone::Exhausted),
-            ("us-west1-b", Zone::Exhausted),
+            ("us-central1-a", ZoneState::OutOfCapacityLeavingInstance),
+            ("us-west1-b", ZoneState::OutOfCapacityLeavingInstance),
         ],
         "common-cu128",
     )
@@ -301,8 +300,6 @@ async fn no_zone_with_room_lists_every_attempt() {
             && err.contains("us-west1-b"),
         "{err}"
     );
-    assert!(
-        r.fake.instances.lock().unwrap().is_empty(),
-        "leftovers deleted"
-    );
+    assert_eq!(deletes(&r.emu).len(), 2, "each leftover deleted");
+    wait_until_at_most(&r.emu, 0).await;
 }

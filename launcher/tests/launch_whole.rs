@@ -1,5 +1,5 @@
 //! A whole `cloudrun-launch main.py --follow` through the real binary, against the
-//! Compute fake and fake-gcs-server (`GCS_DIR=gs://bucket/prefix` with
+//! testkit's Compute Engine emulator and fake-gcs-server (`GCS_DIR=gs://bucket/prefix` with
 //! `STORAGE_EMULATOR_HOST`), credentials from a fake gcloud. A stand-in agent in the test
 //! waits for the insert, reads the run id from the VM's labels, and writes what the real
 //! agent would (running status, log chunks, then the ended status with a receipt) through
@@ -19,10 +19,11 @@ use cloudrun::contract::LABEL_RUN;
 use cloudrun::status::{EndInfo, EndReason, Phase, RunStatus};
 use cloudrun::storage::gcs::{Endpoint, GcsStorage};
 use cloudrun::{Layout, PutOptions, RunId, RunSpec, Storage, StoreUrl};
+use cloudrun_testkit::gce::{GceEmulator, ZoneState};
 use cloudrun_testkit::FakeGcs;
 use common::auth::fake_gcloud;
 use common::bin::{Ran, Sandbox};
-use common::compute_fake::{start, Zone, S};
+use common::compute::emulator;
 use sha2::Digest;
 
 /// How long the stand-in agent waits for the launcher's insert (debug build, loaded
@@ -42,7 +43,7 @@ const GCS_DIR: &str = "gs://cloudrun-test/team/runs";
 
 struct World {
     gcs: FakeGcs,
-    compute: S,
+    compute: Arc<GceEmulator>,
     compute_base: String,
     sb: Sandbox,
     project: std::path::PathBuf,
@@ -51,11 +52,11 @@ struct World {
 async fn world() -> World {
     let gcs = FakeGcs::start();
     gcs.create_bucket("cloudrun-test");
-    let (compute, compute_base) = start(&[
-        ("us-central1-a", Zone::Exhausted),
-        ("us-central1-b", Zone::Ok),
-    ])
-    .await;
+    let compute = Arc::new(emulator(&[
+        ("us-central1-a", ZoneState::OutOfCapacityLeavingInstance),
+        ("us-central1-b", ZoneState::Available),
+    ]));
+    let compute_base = compute.compute_url();
     let sb = Sandbox::new();
     fake_gcloud(
         &sb.bin(),
@@ -116,14 +117,26 @@ async fn put(st: &dyn Storage, key: &str, data: impl Into<Vec<u8>>) {
         .unwrap();
 }
 
+/// The body of the insert into the zone with room (the exhausted zone's comes first).
+fn insert_with_room(compute: &GceEmulator) -> Option<serde_json::Value> {
+    compute
+        .instances()
+        .into_iter()
+        .find(|i| i.zone == "us-central1-b")
+        .map(|i| i.insert_body)
+}
+
 /// What the agent does on the VM, compressed: once the insert arrives, mark the run
 /// running, write the log chunks, then write the final status with the end and receipt
-/// (chunks first, as the agent does).
-async fn stand_in_agent(compute: S, storage: Arc<dyn Storage>, layout: Layout) -> RunId {
+/// (chunks first, as the agent does). Returns the run and the insert's body.
+async fn stand_in_agent(
+    compute: Arc<GceEmulator>,
+    storage: Arc<dyn Storage>,
+    layout: Layout,
+) -> (RunId, serde_json::Value) {
     let deadline = Instant::now() + Duration::from_secs(INSERT_WAIT_SECS);
     let body = loop {
-        // The insert that succeeded (the exhausted zone's comes first).
-        if let Some(b) = compute.insert_bodies.lock().unwrap().get(1).cloned() {
+        if let Some(b) = insert_with_room(&compute) {
             break b;
         }
         assert!(
@@ -159,7 +172,7 @@ async fn stand_in_agent(compute: S, storage: Arc<dyn Storage>, layout: Layout) -
     });
     s.receipt = Some(Receipt::new(started, ended, 0.71, 40, 700));
     put(storage.as_ref(), &layout.status(&id), s.to_json()).await;
-    id
+    (id, body)
 }
 
 fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
@@ -186,13 +199,12 @@ async fn launch_follow_prints_the_run_streams_its_logs_and_exits_with_the_end_re
         agent.abort();
         panic!("the launch failed before the stand-in agent ran: {ran:?}");
     }
-    let id = agent.await.unwrap();
+    let (id, body) = agent.await.unwrap();
     assert_eq!(ran.code, END.exit_code(), "{ran:?}");
 
     // Results on stdout, in order: the summary, the log, the receipt.
     let out = &ran.stdout;
     assert_eq!(field(out, "run "), id.as_str());
-    let body = w.compute.insert_bodies.lock().unwrap()[1].clone();
     let machine = body["machineType"]
         .as_str()
         .unwrap()

@@ -1,5 +1,6 @@
 //! `ls`, `sweep` and `status` with the Compute API: the real dispatcher against the
-//! Compute fake (`common::compute_fake`) and runs written into a local-directory store.
+//! testkit's Compute Engine emulator (`common::compute`) and runs written into a
+//! local-directory store.
 //! The fixture has a finished run whose VM is still up, a running run whose heartbeat
 //! went stale, a healthy running run, a finished run whose VM is gone, a freshly created
 //! cloudrun VM with no run in this store yet, and a VM that is not cloudrun's.
@@ -15,7 +16,8 @@ use chrono::{Duration, Utc};
 use cloudrun::status::{EndInfo, EndReason, InstanceRef, Phase, RunStatus};
 use cloudrun::storage::local::LocalStorage;
 use cloudrun::{Layout, PutOptions, RunId, Storage};
-use common::compute_fake::{start, Zone, S};
+use cloudrun_testkit::gce::GceEmulator;
+use common::compute::{auth_headers, deletes, emulator, instance_names, list_filters};
 use common::inproc::{Invoker, TEST_TOKEN};
 
 const ENDED_UP: &str = "20261126-070000-0001";
@@ -26,7 +28,7 @@ const ENDED_GONE: &str = "20261126-070000-0004";
 const NEWBORN: &str = "20261126-070000-0005";
 
 struct World {
-    fake: S,
+    emu: GceEmulator,
     inv: Invoker,
     _dir: tempfile::TempDir,
 }
@@ -109,7 +111,8 @@ async fn world() -> World {
     )
     .await;
 
-    let (fake, base) = start(&[("us-central1-a", Zone::Ok), ("us-central1-b", Zone::Ok)]).await;
+    let fake = emulator(&[]);
+    let base = fake.compute_url();
     let hours_ago = (Utc::now() - Duration::hours(3)).to_rfc3339();
     let just_now = (Utc::now() - fresh).to_rfc3339();
     let managed = |run: &'static str| [("cloudrun-managed", "true"), ("cloudrun-run", run)];
@@ -148,7 +151,7 @@ async fn world() -> World {
         .set("CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE", base)
         .with_token();
     World {
-        fake,
+        emu: fake,
         inv,
         _dir: dir,
     }
@@ -185,18 +188,11 @@ async fn ls_shows_runs_and_live_cloudrun_vms_side_by_side() {
         "{out}"
     );
     assert!(!out.contains("someone-elses"), "{out}");
-    assert_eq!(
-        *w.fake.list_filters.lock().unwrap(),
-        ["labels.cloudrun-managed = true"]
-    );
-    assert!(w
-        .fake
-        .auth_headers
-        .lock()
-        .unwrap()
+    assert_eq!(list_filters(&w.emu), ["labels.cloudrun-managed = true"]);
+    assert!(auth_headers(&w.emu)
         .iter()
         .all(|a| *a == format!("Bearer {TEST_TOKEN}")));
-    assert_eq!(w.fake.delete_count(), 0);
+    assert_eq!(deletes(&w.emu).len(), 0);
 }
 
 #[tokio::test]
@@ -212,7 +208,7 @@ async fn sweep_without_yes_lists_ended_and_silent_runs_vms_and_deletes_nothing()
              2 VM(s) would be deleted; run `cloudrun-launch sweep --yes` to delete them\n"
         )
     );
-    assert_eq!(w.fake.delete_count(), 0);
+    assert_eq!(deletes(&w.emu).len(), 0);
 }
 
 #[tokio::test]
@@ -225,25 +221,22 @@ async fn sweep_yes_deletes_exactly_the_stale_vms_once_each_and_never_a_healthy_r
             && out.contains("deleting cr-stale in us-central1-b (no heartbeat)"),
         "{out}"
     );
-    let mut deletes = w.fake.deletes.lock().unwrap().clone();
-    deletes.sort();
+    let mut deleted = deletes(&w.emu);
+    deleted.sort();
     assert_eq!(
-        deletes,
+        deleted,
         ["us-central1-a/cr-ended", "us-central1-b/cr-stale"]
     );
 
+    // Once the deletes have finished (an Operation each), a second sweep finds nothing.
+    common::compute::wait_until_at_most(&w.emu, 3).await;
     let (_, again) = w.inv.cmd(&["sweep", "--yes"]).await;
     assert_eq!(again, "nothing to sweep\n");
-    assert_eq!(w.fake.delete_count(), 2, "no second delete");
-    let left: Vec<String> = w
-        .fake
-        .instances
-        .lock()
-        .unwrap()
-        .keys()
-        .map(|(_, n)| n.clone())
-        .collect();
-    assert_eq!(left, ["cr-healthy", "someone-elses", "cr-newborn"]);
+    assert_eq!(deletes(&w.emu).len(), 2, "no second delete");
+    assert_eq!(
+        instance_names(&w.emu),
+        ["cr-healthy", "someone-elses", "cr-newborn"]
+    );
 }
 
 #[tokio::test]
@@ -303,7 +296,7 @@ async fn status_flags_a_finished_run_whose_vm_is_still_up() {
             (ENDED_GONE.to_string(), false),
         ]
     );
-    assert_eq!(w.fake.delete_count(), 0, "status never deletes");
+    assert_eq!(deletes(&w.emu).len(), 0, "status never deletes");
 }
 
 #[tokio::test]
@@ -402,10 +395,7 @@ async fn stop_now_names_the_run_it_ends_and_deletes_only_its_vm() {
         out.contains("deleting VM cr-healthy in us-central1-a"),
         "{out}"
     );
-    assert_eq!(
-        *w.fake.deletes.lock().unwrap(),
-        ["us-central1-a/cr-healthy"]
-    );
+    assert_eq!(deletes(&w.emu), ["us-central1-a/cr-healthy"]);
 }
 
 /// A run whose `status.json` is unreadable is not taken for a VM without a status: its
@@ -436,5 +426,5 @@ async fn sweep_leaves_the_vm_of_a_run_with_an_unreadable_status_alone() {
         row.contains("broken") && row.contains("cr-healthy RUNNING"),
         "{ls}"
     );
-    assert_eq!(w.fake.delete_count(), 0);
+    assert_eq!(deletes(&w.emu).len(), 0);
 }

@@ -181,21 +181,3 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
     }
     out
 }
-
-/// The process's umask (from `/proc/self/status`). If it would make new files owner-only
-/// (so a test could not tell "the umask was applied" from "0600"), it is set to 022
-/// first. Returns the umask in force.
-pub fn ensure_umask_allows_group_read() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let current = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
-        .unwrap();
-    if 0o666 & !current == 0o600 {
-        let want = nix::sys::stat::Mode::from_bits_truncate(0o022);
-        nix::sys::stat::umask(want);
-        return 0o022;
-    }
-    current
-}

@@ -278,16 +278,33 @@ impl Drop for FakeGcs {
     }
 }
 
-/// gcp-storage-emulator (pure Python, in memory): slower than fake-gcs-server but honours
+/// gcp-storage-emulator (pure Python, in memory unless started with
+/// [`StrictGcs::start_on_disk`]): slower than fake-gcs-server but honours
 /// resumable-upload offsets and status queries as real GCS does.
 pub struct StrictGcs {
     child: Child,
     port: u16,
+    /// The data directory of an on-disk emulator (`None` in memory).
+    dir: Option<TempDir>,
 }
 
+/// Where gcp-storage-emulator keeps object bytes under its data directory (its
+/// `STORAGE_DIR` default); each object's record, CRC32C included, is in `.meta` beside them.
+const STRICT_GCS_STORAGE_DIR: &str = ".cloudstorage";
+
 impl StrictGcs {
-    /// Start it and wait until it answers.
+    /// Start it in memory and wait until it answers.
     pub fn start() -> StrictGcs {
+        Self::start_with(None)
+    }
+
+    /// Start it with its objects on disk in a temporary directory, so that a test can
+    /// damage an object's bytes behind its back ([`StrictGcs::object_file`]).
+    pub fn start_on_disk() -> StrictGcs {
+        Self::start_with(Some(TempDir::new("strict-gcs")))
+    }
+
+    fn start_with(dir: Option<TempDir>) -> StrictGcs {
         let port = free_port();
         let exe = venv_dir().join("bin/gcp-storage-emulator");
         assert!(
@@ -295,16 +312,23 @@ impl StrictGcs {
             "{} is missing: run scripts/setup-test-env.sh",
             exe.display()
         );
-        let mut child = Command::new(exe)
-            .args(["start", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--in-memory", "-q"])
+        let mut cmd = Command::new(exe);
+        if let Some(d) = &dir {
+            cmd.arg("--data-dir").arg(d.path());
+        }
+        cmd.args(["start", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string());
+        if dir.is_none() {
+            cmd.arg("--in-memory");
+        }
+        let mut child = cmd
+            .arg("-q")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start gcp-storage-emulator");
         wait_ready(port, "/storage/v1/b", &mut child, "gcp-storage-emulator");
-        StrictGcs { child, port }
+        StrictGcs { child, port, dir }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -320,6 +344,21 @@ impl StrictGcs {
     /// Create a bucket.
     pub fn create_bucket(&self, name: &str) {
         create_bucket(self.port, name);
+    }
+
+    /// The file holding an object's bytes, for an emulator started with
+    /// [`StrictGcs::start_on_disk`] (panics in memory). Its recorded CRC32C is kept in
+    /// the emulator's `.meta` record, not in the file, so rewriting the file damages the
+    /// object as silent disk corruption would.
+    pub fn object_file(&self, bucket: &str, name: &str) -> PathBuf {
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("object_file needs StrictGcs::start_on_disk");
+        dir.path()
+            .join(STRICT_GCS_STORAGE_DIR)
+            .join(bucket)
+            .join(name)
     }
 }
 

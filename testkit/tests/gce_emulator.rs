@@ -182,6 +182,27 @@ fn responses_parse_as_google_cloud_compute_types() {
         "",
     );
     docs.push(("Operation", del));
+    // An instance put there directly, and one a stockout left behind, read as the API's.
+    e.add_instance(
+        "us-central1-b",
+        "vm-added",
+        "RUNNING",
+        &[("cloudrun-managed", "true")],
+        "2026-11-26T04:00:00.000-08:00",
+    );
+    let (_, added) = call(&e, "GET", &zpath("us-central1-b", "instances/vm-added"), "");
+    assert_eq!(added["status"], "RUNNING", "{added}");
+    docs.push(("Instance", added));
+    e.set_zone("us-west1-a", ZoneState::OutOfCapacityLeavingInstance);
+    let (_, sop) = call(
+        &e,
+        "POST",
+        &zpath("us-west1-a", "instances"),
+        &body("vm-c", "us-west1-a", None, 3600),
+    );
+    wait_done(&e, "us-west1-a", &sop);
+    let (_, left) = call(&e, "GET", &zpath("us-west1-a", "instances/vm-c"), "");
+    docs.push(("Instance", left));
 
     let mut args = Vec::new();
     for (n, (typ, v)) in docs.iter().enumerate() {
@@ -669,5 +690,102 @@ fn prerequisite_endpoints_answer_in_googles_shapes_and_each_switch_breaks_one() 
         "the prerequisite endpoints drifted from Google's types:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn lost_replies_leftovers_and_added_instances_behave_as_the_api_does() {
+    let e = GceEmulator::start(GceConfig {
+        boot: false,
+        op_pending: Duration::from_millis(20),
+        op_running: Duration::from_millis(20),
+        shutdown_grace: Duration::from_millis(20),
+        ..GceConfig::default()
+    });
+    // A lost reply: the insert lands, the caller sees a 503, and its retry with the same
+    // requestId gets the first Operation, not a second VM.
+    e.lose_next_reply("POST", "/zones/us-central1-a/instances", 503, 1);
+    let insert = zpath("us-central1-a", "instances?requestId=rid-lost");
+    let (st, v) = call(
+        &e,
+        "POST",
+        &insert,
+        &body("vm-l", "us-central1-a", None, 3600),
+    );
+    assert_eq!(
+        (st, v["error"]["errors"][0]["reason"].clone()),
+        (503, json!("backendError"))
+    );
+    let (st, op) = call(
+        &e,
+        "POST",
+        &insert,
+        &body("vm-l", "us-central1-a", None, 3600),
+    );
+    assert_eq!(st, 200, "{op}");
+    assert_eq!(op["clientOperationId"], "rid-lost");
+    assert_eq!(e.instances().len(), 1);
+    let inserts = e.calls_to("POST", "/instances");
+    assert_eq!(inserts.len(), 2);
+    assert!(inserts.iter().all(|c| c.authorization == AUTH.1));
+    assert_eq!(inserts[0].zone().as_deref(), Some("us-central1-a"));
+    assert_eq!(
+        e.instance("vm-l").unwrap().insert_body["machineType"],
+        "zones/us-central1-a/machineTypes/g2-standard-4"
+    );
+
+    // A stockout that leaves its instance: DONE with the error, the instance TERMINATED
+    // until deleted.
+    e.set_zone("us-west1-a", ZoneState::OutOfCapacityLeavingInstance);
+    let (_, sop) = call(
+        &e,
+        "POST",
+        &zpath("us-west1-a", "instances"),
+        &body("vm-s", "us-west1-a", None, 3600),
+    );
+    let done = wait_done(&e, "us-west1-a", &sop);
+    assert_eq!(
+        done["error"]["errors"][0]["code"],
+        "ZONE_RESOURCE_POOL_EXHAUSTED"
+    );
+    assert_eq!(e.instance("vm-s").unwrap().status, "TERMINATED");
+    call(&e, "DELETE", &zpath("us-west1-a", "instances/vm-s"), "");
+    until("the leftover is deleted", || e.instance("vm-s").is_none());
+    let del = e.calls_to("DELETE", "/instances/vm-s");
+    assert_eq!(del[0].instance_key().as_deref(), Some("us-west1-a/vm-s"));
+
+    // An added instance is listed with its labels and filtered like any other.
+    e.add_instance(
+        "us-east1-b",
+        "vm-a",
+        "STAGING",
+        &[("cloudrun-managed", "true")],
+        "2026-11-26T04:00:00.000-08:00",
+    );
+    e.add_instance(
+        "us-east1-b",
+        "theirs",
+        "RUNNING",
+        &[],
+        "2026-11-26T04:00:00.000-08:00",
+    );
+    let (_, agg) = call(
+        &e,
+        "GET",
+        "/compute/v1/projects/test-proj/aggregated/instances?filter=labels.cloudrun-managed%20%3D%20true",
+        "",
+    );
+    let names: Vec<&str> = agg["items"]["zones/us-east1-b"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vm-a"]);
+    assert_eq!(
+        e.calls_to("GET", "/aggregated/instances")[0]
+            .param("filter")
+            .as_deref(),
+        Some("labels.cloudrun-managed = true")
     );
 }

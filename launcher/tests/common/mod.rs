@@ -5,6 +5,6 @@
 
 pub mod auth;
 pub mod bin;
-pub mod compute_fake;
+pub mod compute;
 pub mod inproc;
 pub mod runs;

@@ -128,27 +128,17 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
         .split('&')
         .find_map(|kv| kv.strip_prefix("requestId="))
         .map(str::to_string);
-    let authed = req
+    let authorization = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+        .unwrap_or_default()
+        .to_string();
+    let authed = authorization.starts_with("Bearer ") && authorization.len() > 7;
     let resp = if path == "/token" {
         next.run(req).await
-    } else if let Some(status) = s.take_fault(&method, &path) {
-        let (reason, msg) = match status {
-            429 => ("rateLimitExceeded", "Rate Limit Exceeded"),
-            403 => (
-                "forbidden",
-                "Required permission for this call is missing on the caller's service account.",
-            ),
-            503 => ("backendError", "The service is currently unavailable."),
-            _ => (
-                "backendError",
-                "Internal error. Please try again or contact Google Support.",
-            ),
-        };
-        gerror(status, reason, msg)
+    } else if let Some(status) = s.take_fault(&method, &path, false) {
+        fault_reply(status)
     } else if !authed {
         gerror(
             401,
@@ -156,7 +146,11 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
             "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
         )
     } else {
-        next.run(req).await
+        let resp = next.run(req).await;
+        match s.take_fault(&method, &path, true) {
+            Some(status) => fault_reply(status),
+            None => resp,
+        }
     };
     s.lock().calls.push(Call {
         method,
@@ -164,14 +158,32 @@ async fn record(State(s): State<S>, req: Request, next: Next) -> Response {
         wire_path,
         query,
         request_id,
+        authorization,
         at: SystemTime::now(),
         status: resp.status().as_u16(),
     });
     resp
 }
 
+/// The reply of an armed fault: Google's envelope with the reason a real one carries.
+fn fault_reply(status: u16) -> Response {
+    let (reason, msg) = match status {
+        429 => ("rateLimitExceeded", "Rate Limit Exceeded"),
+        403 => (
+            "forbidden",
+            "Required permission for this call is missing on the caller's service account.",
+        ),
+        503 => ("backendError", "The service is currently unavailable."),
+        _ => (
+            "backendError",
+            "Internal error. Please try again or contact Google Support.",
+        ),
+    };
+    gerror(status, reason, msg)
+}
+
 /// `%2D` → `-`: recorded paths read as the API sees them (clients encode differently).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -373,8 +385,16 @@ async fn run_op(s: S, name: String, key: String, effect: Effect) {
                 .unwrap_or(ZoneState::Available);
             match zs {
                 ZoneState::Available => vm::started(&s, &key),
-                ZoneState::OutOfCapacity => {
-                    vm::remove(&s, &key, "insert failed: zone out of capacity");
+                ZoneState::OutOfCapacity | ZoneState::OutOfCapacityLeavingInstance => {
+                    if zs == ZoneState::OutOfCapacity {
+                        vm::remove(&s, &key, "insert failed: zone out of capacity");
+                    } else {
+                        vm::set_status(&s, &key, "TERMINATED");
+                        s.event(
+                            key.rsplit('/').next().unwrap_or_default(),
+                            "insert failed: zone out of capacity; the instance stays behind",
+                        );
+                    }
                     error = Some((
                         json!({"errors": [{
                             "code": "ZONE_RESOURCE_POOL_EXHAUSTED",
@@ -664,6 +684,8 @@ pub(crate) fn instance_json(s: &Shared, i: &Inst) -> Value {
             format!("{base}projects/{p}/{partial}")
         }
     };
+    // Fields the body lacks stay absent (the API never answers `null` for a list), so
+    // every list below is touched only where it exists.
     v["kind"] = json!("compute#instance");
     v["id"] = json!(i.id.to_string());
     v["creationTimestamp"] = json!(i.created);
@@ -678,7 +700,7 @@ pub(crate) fn instance_json(s: &Shared, i: &Inst) -> Value {
     if let Some(mt) = v["machineType"].as_str().map(full) {
         v["machineType"] = json!(mt);
     }
-    if let Some(disks) = v["disks"].as_array_mut() {
+    if let Some(disks) = v.get_mut("disks").and_then(Value::as_array_mut) {
         for (n, d) in disks.iter_mut().enumerate() {
             let size = d["initializeParams"]["diskSizeGb"]
                 .as_str()
@@ -707,7 +729,7 @@ pub(crate) fn instance_json(s: &Shared, i: &Inst) -> Value {
             }
         }
     }
-    if let Some(nics) = v["networkInterfaces"].as_array_mut() {
+    if let Some(nics) = v.get_mut("networkInterfaces").and_then(Value::as_array_mut) {
         for (n, nic) in nics.iter_mut().enumerate() {
             nic["kind"] = json!("compute#networkInterface");
             nic["name"] = json!(format!("nic{n}"));
@@ -725,14 +747,14 @@ pub(crate) fn instance_json(s: &Shared, i: &Inst) -> Value {
             }
         }
     }
-    if let Some(accs) = v["guestAccelerators"].as_array_mut() {
+    if let Some(accs) = v.get_mut("guestAccelerators").and_then(Value::as_array_mut) {
         for a in accs {
             if let Some(t) = a["acceleratorType"].as_str().map(full) {
                 a["acceleratorType"] = json!(t);
             }
         }
     }
-    if let Some(sas) = v["serviceAccounts"].as_array_mut() {
+    if let Some(sas) = v.get_mut("serviceAccounts").and_then(Value::as_array_mut) {
         for sa in sas {
             if sa["email"] == "default" {
                 sa["email"] = json!(format!(

@@ -128,6 +128,10 @@ pub enum ZoneState {
     /// `QUOTA_EXCEEDED` for this quota (e.g. `NVIDIA_L4_GPUS` or `GPUS_ALL_REGIONS`),
     /// late, in the Operation.
     QuotaExceeded(String),
+    /// As [`ZoneState::OutOfCapacity`], but the half-created instance stays behind,
+    /// TERMINATED, until someone deletes it: why a launcher GETs the instance after a
+    /// failed insert and deletes what it finds (gcp-api.md §1.7, step 4).
+    OutOfCapacityLeavingInstance,
 }
 
 /// One recorded Compute API call.
@@ -142,8 +146,34 @@ pub struct Call {
     pub wire_path: String,
     pub query: String,
     pub request_id: Option<String>,
+    /// The `Authorization` header as sent (`""` when absent).
+    pub authorization: String,
     pub at: SystemTime,
     pub status: u16,
+}
+
+impl Call {
+    /// A query parameter, percent-decoded (`+` is a space), e.g. `filter`.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| compute::percent_decode(&v.replace('+', " ")))
+        })
+    }
+
+    /// `zone/name` for a call on one instance (`.../zones/Z/instances/N[/action]`).
+    pub fn instance_key(&self) -> Option<String> {
+        let (_, rest) = self.path.split_once("/zones/")?;
+        let (zone, rest) = rest.split_once("/instances/")?;
+        let name = rest.split('/').next()?;
+        Some(format!("{zone}/{name}"))
+    }
+
+    /// The zone of a zonal call (`.../zones/Z/...`).
+    pub fn zone(&self) -> Option<String> {
+        let (_, rest) = self.path.split_once("/zones/")?;
+        rest.split('/').next().map(str::to_string)
+    }
 }
 
 /// Something that happened to a VM (boot, signals, deletion, deadline, preemption).
@@ -167,6 +197,8 @@ pub struct InstanceInfo {
     pub root: Option<PathBuf>,
     pub preempted: bool,
     pub labels: BTreeMap<String, String>,
+    /// The body the instance was inserted with (or [`GceEmulator::add_instance`] made).
+    pub insert_body: Value,
 }
 
 struct Fault {
@@ -174,6 +206,8 @@ struct Fault {
     path_contains: String,
     status: u16,
     left: u32,
+    /// The call is carried out and only its reply is replaced (a reply lost on the way).
+    after: bool,
 }
 
 pub(crate) struct Inst {
@@ -249,11 +283,15 @@ impl Shared {
         });
     }
 
-    /// Consume one armed fault matching this call, if any.
-    fn take_fault(&self, method: &str, path: &str) -> Option<u16> {
+    /// Consume one armed fault matching this call, if any: those that answer instead of
+    /// the handler (`after == false`) or those that replace its reply (`after == true`).
+    fn take_fault(&self, method: &str, path: &str, after: bool) -> Option<u16> {
         let mut st = self.lock();
         let f = st.faults.iter_mut().find(|f| {
-            f.left > 0 && f.method.eq_ignore_ascii_case(method) && path.contains(&f.path_contains)
+            f.left > 0
+                && f.after == after
+                && f.method.eq_ignore_ascii_case(method)
+                && path.contains(&f.path_contains)
         })?;
         f.left -= 1;
         Some(f.status)
@@ -268,7 +306,8 @@ pub struct GceEmulator {
 }
 
 impl GceEmulator {
-    /// Start on a free loopback port.
+    /// Start on a free loopback port (from a plain or an async test: it runs on its own
+    /// runtime).
     pub fn start(cfg: GceConfig) -> GceEmulator {
         let dir = crate::TempDir::new("gce");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -277,9 +316,17 @@ impl GceEmulator {
             .thread_name("gce-emulator")
             .build()
             .expect("start the emulator's runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the Compute port");
+        // Bound without `block_on`, so that a test already inside a runtime (an async
+        // test) can start the emulator too.
+        let std_listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the Compute port");
+        std_listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let listener = {
+            let _in_rt = rt.enter();
+            tokio::net::TcpListener::from_std(std_listener).expect("register the Compute port")
+        };
         let port = listener.local_addr().expect("local addr").port();
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
@@ -370,7 +417,71 @@ impl GceEmulator {
             path_contains: path_contains.to_string(),
             status,
             left: times,
+            after: false,
         });
+    }
+
+    /// The next `times` calls with `method` whose path contains `path_contains` are
+    /// carried out, but their reply is lost: the caller gets `status` (e.g. 503) instead,
+    /// as when a reply is dropped on the way back. A client that retries an insert with
+    /// the same `requestId` then gets the first Operation, and one VM.
+    pub fn lose_next_reply(&self, method: &str, path_contains: &str, status: u16, times: u32) {
+        self.shared.lock().faults.push(Fault {
+            method: method.to_string(),
+            path_contains: path_contains.to_string(),
+            status,
+            left: times,
+            after: true,
+        });
+    }
+
+    /// Put an instance there directly, as the API would return it, without an insert, a
+    /// metadata server or a boot: a VM some earlier launch (or someone else) made.
+    /// `created` is its `creationTimestamp` (RFC 3339).
+    pub fn add_instance(
+        &self,
+        zone: &str,
+        name: &str,
+        status: &str,
+        labels: &[(&str, &str)],
+        created: &str,
+    ) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let body = serde_json::json!({
+            "name": name,
+            "machineType": format!("zones/{zone}/machineTypes/g2-standard-8"),
+            "disks": [{"boot": true, "autoDelete": true, "initializeParams": {"diskSizeGb": "50"}}],
+            "networkInterfaces": [{"network": "global/networks/default",
+                "accessConfigs": [{"name": "external-nat", "type": "ONE_TO_ONE_NAT"}]}],
+            "scheduling": {"provisioningModel": "SPOT", "onHostMaintenance": "TERMINATE",
+                "automaticRestart": false, "instanceTerminationAction": "DELETE"},
+            "labels": labels,
+        });
+        let id = self.shared.next_id();
+        let (version, _) = tokio::sync::watch::channel(0u64);
+        self.shared.lock().instances.insert(
+            compute::key(zone, name),
+            Inst {
+                id,
+                name: name.to_string(),
+                zone: zone.to_string(),
+                body,
+                status: status.to_string(),
+                created: created.to_string(),
+                items: Vec::new(),
+                fingerprint: compute::fingerprint(&[]),
+                preempted: false,
+                version,
+                md_port: 0,
+                md_task: None,
+                vm: None,
+                deadline_task: None,
+                going_down: false,
+            },
+        );
     }
 
     /// Disarm every fault armed with [`GceEmulator::fail_next`].
@@ -611,6 +722,7 @@ fn info(i: &Inst) -> InstanceInfo {
                     .collect()
             })
             .unwrap_or_default(),
+        insert_body: i.body.clone(),
     }
 }
 
