@@ -4,7 +4,7 @@
 //! zone failover, record where the VM landed, and print how to follow it.
 //!
 //! Every outside service comes in through [`Deps`], so tests run this against a local
-//! store and an in-process Compute fake.
+//! store and the testkit Compute Engine emulator.
 
 use std::sync::Arc;
 use std::time::Duration;
