@@ -13,6 +13,7 @@
 //! | `tearing_down` | a stop was decided | [`Resume::Teardown`]: the same end reason; a job still alive is signalled; final sync, status, delete |
 //! | `deleting` | the final status is written, the delete may have been sent | [`Resume::Delete`]: delete again **with the same `requestId`**, which the Compute API treats as the same request |
 //! | `done` | the run is over | [`Resume::Done`]: a local run exits at once with the recorded outcome; on a VM that is somehow still up, the delete is sent again |
+//! | `done` with the VM powered off and no kept disk | the boot disk may hold outputs the store lacks (keeping it failed) | [`Resume::Teardown`]: the final sync again, then the delete (or another power-off) by its verdict |
 //!
 //! The file also keeps when the wait for the GPUs began, so a restart during the wait
 //! (a driver install that reboots) continues the same `gpu_ready_secs` window.
@@ -205,6 +206,16 @@ pub fn decide(
             request_id: request_id.clone(),
             kept_disk: kept_disk.clone(),
         },
+        // Powered off with no kept disk: the disk may hold outputs the store lacks (the
+        // keep failed), so a VM started again syncs again rather than deleting them.
+        Stage::Done {
+            end,
+            vm: VmFate::PoweredOff,
+            kept_disk: None,
+        } => Resume::Teardown {
+            end: end.clone(),
+            job: None,
+        },
         Stage::Done { end, vm, kept_disk } => Resume::Done {
             end: end.clone(),
             vm: *vm,
@@ -338,6 +349,39 @@ mod tests {
             decide(Some(&s), &run(), "boot-1", |_, _| true),
             Resume::Done {
                 vm: VmFate::LocalExit,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_vm_powered_off_with_outputs_missing_syncs_again_when_started_not_deleted() {
+        let off = |kept_disk: Option<&str>| {
+            state(
+                Stage::Done {
+                    end: end(EndReason::Succeeded),
+                    vm: VmFate::PoweredOff,
+                    kept_disk: kept_disk.map(str::to_string),
+                },
+                1,
+            )
+        };
+        // The disk could not be kept: its outputs go nowhere until they are synced.
+        assert!(matches!(
+            decide(Some(&off(None)), &run(), "boot-2", |_, _| true),
+            Resume::Teardown {
+                end: EndInfo {
+                    reason: EndReason::Succeeded,
+                    ..
+                },
+                job: None
+            }
+        ));
+        // A kept disk survives the delete: the usual resume.
+        assert!(matches!(
+            decide(Some(&off(Some("cr-1"))), &run(), "boot-2", |_, _| true),
+            Resume::Done {
+                vm: VmFate::PoweredOff,
                 ..
             }
         ));

@@ -7,7 +7,7 @@
 //! | machine | found | steps | if the disk cannot be kept |
 //! | --- | --- | --- | --- |
 //! | Compute Engine VM | outputs and logs verified | final status, webhook, stage `deleting`, delete record, delete (power off if every delete fails), fate, exit | |
-//! | Compute Engine VM | outputs or logs not verified | keep boot disk, final status retried for [`super::KEPT_DISK_STATUS_SECS`], webhook, stage `deleting`, delete record, delete, fate, exit | final status, webhook, stage `deleting`, power off, fate, exit |
+//! | Compute Engine VM | outputs or logs not verified | keep boot disk, final status retried for [`super::KEPT_DISK_STATUS_SECS`], webhook, stage `deleting`, delete record, delete, fate, exit | final status, webhook, power off, fate, exit (no `deleting` stage: a restart syncs again) |
 //! | Compute Engine VM | final status written (restart in `deleting` or `done`) | stage `deleting`, delete record (the same `requestId`), delete, fate, exit | |
 //! | this machine | any verdict | final status, webhook, stage `deleting`, local exit, fate, exit | |
 //! | this machine | final status written (restart in `deleting`) | stage `deleting`, local exit, fate, exit | |
@@ -142,10 +142,12 @@ pub(super) fn plan(provider: Provider, reached: Reached) -> Plan {
                 RecordVmFate,
                 Exit,
             ],
+            // No `deleting` stage: the boot disk holds what the store lacks, so an agent
+            // restarted on this VM (someone starts it to recover the outputs) syncs
+            // again from `tearing_down` instead of deleting the VM and the disk.
             if_disk_not_kept: vec![
                 WriteFinalStatus(Usual),
                 PostEndedWebhook,
-                SaveDeletingStage,
                 PowerOff,
                 RecordVmFate,
                 Exit,
@@ -297,7 +299,6 @@ mod tests {
     const VM_NOT_KEPT: &[Step] = &[
         WriteFinalStatus(Usual),
         PostEndedWebhook,
-        SaveDeletingStage,
         PowerOff,
         RecordVmFate,
         Exit,
@@ -355,7 +356,8 @@ mod tests {
     }
 
     #[test]
-    fn every_plan_records_the_deleting_stage_before_any_delete_and_ends_with_the_fate() {
+    fn every_plan_records_the_deleting_stage_before_any_delete_and_ends_with_the_fate_and_a_power_off_never_resumes_as_a_delete(
+    ) {
         for provider in [Provider::ComputeVm, Provider::Local] {
             for reached in [
                 Reached::FinalSync(verdict(true, true)),
@@ -369,6 +371,13 @@ mod tests {
                     }
                     let at = |s: Step| steps.iter().position(|&x| x == s);
                     let stage = at(SaveDeletingStage);
+                    if at(PowerOff).is_some() {
+                        // Powered off with outputs missing from the store: a restart
+                        // must sync again, never resume a delete.
+                        assert!(stage.is_none(), "{steps:?}");
+                        assert_eq!(at(DeleteVm), None, "{steps:?}");
+                        continue;
+                    }
                     assert!(stage.is_some(), "{steps:?}");
                     for vm_step in [RecordDeleteRequest, DeleteVm, PowerOff, ExitLocally] {
                         assert!(at(vm_step).is_none_or(|i| Some(i) > stage), "{steps:?}");
