@@ -745,21 +745,14 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
     })
 }
 
-/// Validate everything into a plan.
-pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan, Problems> {
-    let mut p: Vec<String> = settings
-        .file_problems
-        .iter()
-        .map(|f| f.message.clone())
-        .collect();
-    check_project_dir(settings, &mut p);
-
+/// The project and account of a VM run, checked.
+fn vm_identity(settings: &Settings, p: &mut Vec<String>) -> (Option<String>, Option<String>) {
     let project = required(
         &settings.project,
         "project",
         "GCLOUD_PROJECT",
         "my-project",
-        &mut p,
+        p,
     )
     .map(str::to_string);
     if let Some(id) = &project {
@@ -780,12 +773,17 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         }
     }
 
+    (project, account)
+}
+
+/// The bucket a VM run's store is in (a VM cannot read a local directory).
+fn vm_store(settings: &Settings, p: &mut Vec<String>) -> Option<StoreUrl> {
     let gcs = required(
         &settings.gcs_dir,
         "gcs_dir",
         "GCS_DIR",
         "gs://my-bucket/cloudrun",
-        &mut p,
+        p,
     );
     let mut store = None;
     if let Some(v) = gcs {
@@ -807,12 +805,17 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         }
     }
 
+    store
+}
+
+/// The VM name prefix and the user the job runs as, checked.
+fn vm_names<'a>(settings: &'a Settings, p: &mut Vec<String>) -> (Option<&'a str>, Option<&'a str>) {
     let prefix = required(
         &settings.vm_instance,
         "vm_instance",
         "VM_INSTANCE",
         "trainer",
-        &mut p,
+        p,
     );
     if let Some(v) = prefix {
         if let Err(why) = validate_vm_prefix(v) {
@@ -822,24 +825,18 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             ));
         }
     }
-    let user = required(&settings.vm_user, "vm_user", "VM_USER", "trainer", &mut p);
+    let user = required(&settings.vm_user, "vm_user", "VM_USER", "trainer", p);
     if let Some(u) = user {
         if let Err(why) = validate_user(u) {
             p.push(format!("{}: {why}", from(&settings.vm_user, "VM_USER")));
         }
     }
 
-    let hardware = match gpu::resolve(
-        settings.gpu.as_ref().map(|s| s.value.as_str()),
-        settings.machine_type.as_ref().map(|s| s.value.as_str()),
-    ) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            p.push(e.0);
-            None
-        }
-    };
+    (prefix, user)
+}
 
+/// The zones to try: the user's (each checked, also for the GPU) or the GPU's defaults.
+fn vm_zones(settings: &Settings, hardware: &Option<Hardware>, p: &mut Vec<String>) -> Vec<String> {
     let zones: Vec<String> = match (&settings.zones, &hardware) {
         (Some(z), _) => {
             for zone in &z.value {
@@ -868,26 +865,15 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
         (None, None) => Vec::new(),
     };
 
-    let spot = settings.spot.as_ref().map(|s| s.value).unwrap_or(false);
+    zones
+}
 
-    let max_time_secs = max_time(settings, &mut p);
-    if max_time_secs + CLOUD_DEADLINE_MARGIN_SECS > MAX_RUN_DURATION_MAX_SECS {
-        p.push(format!("max_time is longer than the 120 days Compute allows (with a {CLOUD_DEADLINE_MARGIN_SECS} s margin)"));
-    }
-
-    let disk_gb = settings
-        .disk_gb
-        .as_ref()
-        .map(|s| s.value)
-        .unwrap_or(DEFAULT_DISK_GB);
-    if disk_gb < MIN_DISK_GB {
-        p.push(format!("disk_gb {disk_gb} is below {MIN_DISK_GB} GB, smaller than the Deep Learning VM images: {}", how_to_set("disk_gb", "100")));
-    }
-
-    let env = job_env(settings, &mut p);
-    let output_dirs = output_dirs(settings);
-    let command = script_command(settings, inputs.command, &mut p);
-
+/// The agent binary to upload, hashed.
+fn vm_agent(
+    settings: &Settings,
+    inputs: &PlanInputs<'_>,
+    p: &mut Vec<String>,
+) -> Option<AgentBinary> {
     // The agent binary.
     let agent_path = settings
         .agent_binary
@@ -914,6 +900,56 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             }
         },
     };
+
+    agent
+}
+
+/// Validate everything into a plan.
+pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan, Problems> {
+    let mut p: Vec<String> = settings
+        .file_problems
+        .iter()
+        .map(|f| f.message.clone())
+        .collect();
+    check_project_dir(settings, &mut p);
+
+    let (project, account) = vm_identity(settings, &mut p);
+    let store = vm_store(settings, &mut p);
+    let (prefix, user) = vm_names(settings, &mut p);
+    let hardware = match gpu::resolve(
+        settings.gpu.as_ref().map(|s| s.value.as_str()),
+        settings.machine_type.as_ref().map(|s| s.value.as_str()),
+    ) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            p.push(e.0);
+            None
+        }
+    };
+
+    let zones = vm_zones(settings, &hardware, &mut p);
+
+    let spot = settings.spot.as_ref().map(|s| s.value).unwrap_or(false);
+
+    let max_time_secs = max_time(settings, &mut p);
+    if max_time_secs + CLOUD_DEADLINE_MARGIN_SECS > MAX_RUN_DURATION_MAX_SECS {
+        p.push(format!("max_time is longer than the 120 days Compute allows (with a {CLOUD_DEADLINE_MARGIN_SECS} s margin)"));
+    }
+
+    let disk_gb = settings
+        .disk_gb
+        .as_ref()
+        .map(|s| s.value)
+        .unwrap_or(DEFAULT_DISK_GB);
+    if disk_gb < MIN_DISK_GB {
+        p.push(format!("disk_gb {disk_gb} is below {MIN_DISK_GB} GB, smaller than the Deep Learning VM images: {}", how_to_set("disk_gb", "100")));
+    }
+
+    let env = job_env(settings, &mut p);
+    let output_dirs = output_dirs(settings);
+    let command = script_command(settings, inputs.command, &mut p);
+
+    let agent = vm_agent(settings, inputs, &mut p);
 
     // Price and budget: every zone is quoted at its own region's price; the spec a VM
     // gets carries its zone's figure (and the time the budget buys at it).
