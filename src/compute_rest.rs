@@ -484,7 +484,7 @@ impl Compute for RestCompute {
             {
                 Ok(next) => next.ok_or_else(|| unreachable_absent(&path))?,
                 // The budget ended with the deadline: that is the wait timing out.
-                Err(e) if start.elapsed() >= deadline => {
+                Err(e) if ctx.out_of_time() || start.elapsed() >= deadline => {
                     tracing::debug!("{e}");
                     return Err(ComputeError::OperationTimeout {
                         operation: op.name,

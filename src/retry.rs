@@ -209,6 +209,7 @@ pub struct RetryContext {
     deadline: Option<Instant>,
     first_failure: Option<Instant>,
     failures: u32,
+    out_of_time: bool,
     what: String,
 }
 
@@ -223,6 +224,7 @@ impl RetryContext {
             deadline: budget.deadline,
             first_failure: None,
             failures: 0,
+            out_of_time: false,
             what: what.into(),
         }
     }
@@ -242,6 +244,12 @@ impl RetryContext {
         self.failures
     }
 
+    /// Whether the context gave up on a retryable failure because the budget's deadline
+    /// left no time for another attempt (a caller may report that as its own timeout).
+    pub fn out_of_time(&self) -> bool {
+        self.out_of_time
+    }
+
     /// A request of the operation failed with `err`. When the policy and the budget allow
     /// another attempt, wait the backoff (or the server's `Retry-After`) and return
     /// `Ok(())`; otherwise hand `err` back, to be returned.
@@ -252,13 +260,17 @@ impl RetryContext {
         let n = self.failures;
         let what = &self.what;
         let wait = match err.retry() {
-            Retry::No => return Err(err),
+            Retry::No => {
+                self.out_of_time = false;
+                return Err(err);
+            }
             Retry::Yes => self.policy.backoff(n),
             Retry::After(d) => d.max(self.policy.backoff(n)),
         };
         let resume_at = now + wait;
         let past_policy = resume_at > first + self.policy.total_deadline;
         let past_deadline = self.deadline.is_some_and(|d| resume_at >= d);
+        self.out_of_time = past_deadline;
         if n >= self.max_attempts || past_policy || past_deadline {
             if self.max_attempts > 1 {
                 let spent = now - first;
