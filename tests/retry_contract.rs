@@ -386,3 +386,41 @@ async fn a_permanent_error_ends_an_operation_wait_after_one_request() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_retried_delete_repeats_its_request_id_inside_the_client() {
+    // The one retry of a delete is the client's: every attempt carries the same
+    // requestId, so Compute acts once however many attempts reach it.
+    let ids = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = Router::new()
+        .route(
+            "/compute/v1/projects/{p}/zones/{z}/instances/{n}",
+            any(
+                |State(ids): State<Arc<Mutex<Vec<String>>>>,
+                 Query(q): Query<HashMap<String, String>>| async move {
+                    let mut v = ids.lock().unwrap();
+                    v.push(q.get("requestId").cloned().unwrap_or_default());
+                    if v.len() < 3 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "{}".to_string())
+                    } else {
+                        (
+                            StatusCode::OK,
+                            r#"{"name":"operation-d","status":"DONE"}"#.to_string(),
+                        )
+                    }
+                },
+            ),
+        )
+        .with_state(ids.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let c = compute(&format!("http://{addr}/compute/v1/"), eager());
+    let op = c
+        .delete_instance("p", "us-central1-a", "vm", "req-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(op.is_done());
+    assert_eq!(*ids.lock().unwrap(), vec!["req-1"; 3]);
+}
