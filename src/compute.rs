@@ -469,9 +469,59 @@ pub trait Compute: Send + Sync + std::fmt::Debug {
         zone: &str,
         operation: &str,
     ) -> Result<Operation, ComputeError>;
+
+    /// Follow `op` with `zoneOperations.wait` until it is DONE or `deadline` has passed.
+    /// One operation: a client that retries runs all its requests under one budget that
+    /// ends at the deadline (the REST client overrides this to do so). This default,
+    /// for implementations without retries, just loops.
+    async fn wait_done(
+        &self,
+        project: &str,
+        zone: &str,
+        op: Operation,
+        deadline: std::time::Duration,
+    ) -> Result<Operation, ComputeError> {
+        let start = tokio::time::Instant::now();
+        let mut op = op;
+        while !op.is_done() {
+            op.check_wait_deadline(start, deadline)?;
+            op = self.wait_operation(project, zone, &op.name).await?;
+            op.pause_if_not_done().await;
+        }
+        Ok(op)
+    }
 }
 
-/// Loop on `zoneOperations.wait` until the operation is DONE or `deadline` passes.
+/// Pause between `zoneOperations.wait` calls that return before DONE, in ms: `wait` may
+/// return at once, and a poll must not spin.
+pub const OPERATION_REPOLL_MILLIS: u64 = 500;
+
+impl Operation {
+    /// [`ComputeError::OperationTimeout`] once `deadline` since `start` has passed.
+    pub fn check_wait_deadline(
+        &self,
+        start: tokio::time::Instant,
+        deadline: std::time::Duration,
+    ) -> Result<(), ComputeError> {
+        if start.elapsed() > deadline {
+            return Err(ComputeError::OperationTimeout {
+                operation: self.name.clone(),
+                secs: deadline.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait [`OPERATION_REPOLL_MILLIS`] unless the operation is DONE.
+    pub async fn pause_if_not_done(&self) {
+        if !self.is_done() {
+            tokio::time::sleep(std::time::Duration::from_millis(OPERATION_REPOLL_MILLIS)).await;
+        }
+    }
+}
+
+/// Follow `op` until it is DONE or `deadline` passes ([`Compute::wait_done`]: one retry
+/// budget for the whole wait, nothing retried above the client).
 pub async fn wait_until_done(
     compute: &dyn Compute,
     project: &str,
@@ -479,28 +529,7 @@ pub async fn wait_until_done(
     op: Operation,
     deadline: std::time::Duration,
 ) -> Result<Operation, ComputeError> {
-    let start = tokio::time::Instant::now();
-    let mut op = op;
-    let policy = crate::retry::RetryPolicy::default();
-    while !op.is_done() {
-        if start.elapsed() > deadline {
-            return Err(ComputeError::OperationTimeout {
-                operation: op.name,
-                secs: deadline.as_secs(),
-            });
-        }
-        let name = op.name.clone();
-        op = policy
-            .run("zoneOperations.wait", |_| {
-                compute.wait_operation(project, zone, &name)
-            })
-            .await?;
-        if !op.is_done() {
-            // `wait` may return at once; don't spin.
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-    }
-    Ok(op)
+    compute.wait_done(project, zone, op, deadline).await
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::compute::{
 };
 use crate::contract::ENV_COMPUTE_ENDPOINT;
 use crate::google_rest::RestApi;
-use crate::retry::RetryPolicy;
+use crate::retry::{Budget, RetryPolicy};
 
 /// Page size for `instances.list` and `aggregatedList` (the API's maximum).
 pub const LIST_PAGE_SIZE: u32 = 500;
@@ -461,6 +461,41 @@ impl Compute for RestCompute {
         self.call(Method::POST, &path, &[], None, false)
             .await?
             .ok_or_else(|| unreachable_absent(&path))
+    }
+
+    async fn wait_done(
+        &self,
+        project: &str,
+        zone: &str,
+        op: Operation,
+        deadline: std::time::Duration,
+    ) -> Result<Operation, ComputeError> {
+        let start = tokio::time::Instant::now();
+        let what = format!("wait for operation {}", op.name);
+        let mut ctx = self.api.context(Budget::until(start + deadline), what);
+        let mut op = op;
+        while !op.is_done() {
+            op.check_wait_deadline(start, deadline)?;
+            let path = zonal(project, zone, &format!("operations/{}/wait", seg(&op.name)));
+            op = match self
+                .api
+                .call_in(&mut ctx, Method::POST, &path, &[], None, false)
+                .await
+            {
+                Ok(next) => next.ok_or_else(|| unreachable_absent(&path))?,
+                // The budget ended with the deadline: that is the wait timing out.
+                Err(e) if ctx.out_of_time() || start.elapsed() >= deadline => {
+                    tracing::debug!("{e}");
+                    return Err(ComputeError::OperationTimeout {
+                        operation: op.name,
+                        secs: deadline.as_secs(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            op.pause_if_not_done().await;
+        }
+        Ok(op)
     }
 }
 

@@ -1,5 +1,7 @@
 //! [`RestApi`]: one Google REST API rooted at a base URL, with a bearer token per request,
 //! Google's error envelope parsed into [`ComputeError::Api`] and the one [`RetryPolicy`].
+//! Requests are retried here and only here; an operation of several requests (following
+//! a long-running Operation) runs them under one [`RetryContext`] through [`RestApi::call_in`].
 //! [`crate::compute_rest::RestCompute`] is built on it, and so are the read-only checks
 //! `cloudrun-launch doctor` makes of Service Usage, Resource Manager and IAM.
 //!
@@ -15,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::compute::ComputeError;
 use crate::contract::SCOPE_CLOUD_PLATFORM;
-use crate::retry::RetryPolicy;
+use crate::retry::{Attempt, Budget, RetryContext, RetryPolicy};
 
 /// Google's APIs that cloudrun calls, each with the part of gcloud's
 /// `CLOUDSDK_API_ENDPOINT_OVERRIDES_<API>` variable after the prefix and its production
@@ -191,17 +193,37 @@ impl RestApi {
         body: Option<&serde_json::Value>,
         absent_ok: bool,
     ) -> Result<Option<T>, ComputeError> {
+        let what = format!("{method} {}", self.url(path));
+        let mut ctx = self.context(Budget::default(), what);
+        self.call_in(&mut ctx, method, path, query, body, absent_ok)
+            .await
+    }
+
+    /// The retry context of one operation named `what`, under this client's policy
+    /// narrowed by `budget`.
+    pub fn context(&self, budget: Budget, what: String) -> RetryContext {
+        RetryContext::new(&self.retry, budget, what)
+    }
+
+    /// One call as one request of the operation `ctx` belongs to: retried under it, so
+    /// the operation's requests share one budget.
+    pub async fn call_in<T: DeserializeOwned>(
+        &self,
+        ctx: &mut RetryContext,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        absent_ok: bool,
+    ) -> Result<Option<T>, ComputeError> {
         let url = self.url(path);
-        let what = format!("{method} {url}");
-        self.retry
-            .run(&what, |_| {
-                self.attempt::<T>(method.clone(), &url, query, body, absent_ok)
-            })
+        ctx.run(|a| self.attempt::<T>(a, method.clone(), &url, query, body, absent_ok))
             .await
     }
 
     async fn attempt<T: DeserializeOwned>(
         &self,
+        attempt: Attempt,
         method: Method,
         url: &str,
         query: &[(&str, String)],
@@ -221,10 +243,12 @@ impl RestApi {
             full.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
+        let timeout = std::time::Duration::from_secs(crate::http::REQUEST_TIMEOUT_SECS);
         let mut req = self
             .client
             .request(method.clone(), full)
-            .bearer_auth(token.as_str());
+            .bearer_auth(token.as_str())
+            .timeout(attempt.timeout(timeout));
         req = match body {
             Some(b) => req.json(b),
             // Google front ends want a length on body-less POSTs (411 otherwise).

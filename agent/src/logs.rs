@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudrun::joblog::{self, Stream};
-use cloudrun::retry::RetryPolicy;
+use cloudrun::retry::Budget;
 use cloudrun::storage::PutOptions;
 use cloudrun::{Layout, RunId, Storage};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,8 @@ pub const MAX_PENDING_LOG_BYTES: usize = 32 * 1024 * 1024;
 /// Lines queued for the serial console before new ones are dropped: at 115200 baud the
 /// console is far slower than a chatty job and must never hold the job back.
 pub const CONSOLE_QUEUE_LINES: usize = 1024;
-/// Total time the final flush may spend retrying the store.
+/// Total time the final flush may take, every chunk and retry included (one deadline
+/// handed to the storage client, not one per chunk).
 pub const FINAL_FLUSH_DEADLINE_SECS: u64 = 60;
 /// Prefix of the agent's own lines in the local job log and on the console.
 pub const AGENT_LINE_PREFIX: &str = joblog::AGENT_LINE_PREFIX;
@@ -346,7 +347,7 @@ impl LogShipper {
     }
 
     /// Ship one chunk of what is pending; `false` if the store refused it.
-    async fn ship_one(&mut self, retry: &RetryPolicy) -> bool {
+    async fn ship_one(&mut self, budget: Budget) -> bool {
         if self.pending.is_empty() {
             return true;
         }
@@ -368,13 +369,10 @@ impl LogShipper {
                 offsets,
             }));
         }
-        let opts = PutOptions::default().with_content_type("text/plain; charset=utf-8");
-        let storage = self.storage.clone();
-        let r = retry
-            .run(&format!("log chunk {key}"), |_| {
-                storage.put_bytes(&key, data.clone(), &opts)
-            })
-            .await;
+        let opts = PutOptions::default()
+            .with_content_type("text/plain; charset=utf-8")
+            .with_budget(budget);
+        let r = self.storage.put_bytes(&key, data, &opts).await;
         match r {
             Ok(_) => {
                 self.pending.drain(..end);
@@ -403,9 +401,9 @@ impl LogShipper {
         }
     }
 
-    async fn ship_all(&mut self, retry: &RetryPolicy) -> bool {
+    async fn ship_all(&mut self, budget: Budget) -> bool {
         while !self.pending.is_empty() {
-            if !self.ship_one(retry).await {
+            if !self.ship_one(budget).await {
                 return false;
             }
         }
@@ -417,16 +415,17 @@ impl LogShipper {
     pub async fn run(mut self, mut rx: mpsc::Receiver<LogMsg>, flush_every: Duration) {
         let mut tick = tokio::time::interval(flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let periodic = RetryPolicy::none();
-        let last =
-            RetryPolicy::default().with_deadline(Duration::from_secs(FINAL_FLUSH_DEADLINE_SECS));
+        // The next tick repeats a periodic write, so it gets one attempt; the final
+        // flush gets one deadline for all its chunks, counted from when it starts.
+        let periodic = Budget::once();
+        let last = || Budget::within(Duration::from_secs(FINAL_FLUSH_DEADLINE_SECS));
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(LogMsg::Line(l)) => {
                         self.accept(l);
                         if self.pending.len() >= MAX_LOG_CHUNK_BYTES {
-                            self.ship_one(&periodic).await;
+                            self.ship_one(periodic).await;
                         }
                     }
                     Some(LogMsg::Finish(tx)) => {
@@ -434,17 +433,17 @@ impl LogShipper {
                         while let Ok(LogMsg::Line(l)) = rx.try_recv() {
                             self.accept(l);
                         }
-                        let ok = self.ship_all(&last).await;
+                        let ok = self.ship_all(last()).await;
                         let _ = tx.send(ok);
                         return;
                     }
                     None => {
-                        self.ship_all(&last).await;
+                        self.ship_all(last()).await;
                         return;
                     }
                 },
                 _ = tick.tick() => {
-                    self.ship_all(&periodic).await;
+                    self.ship_all(periodic).await;
                 }
             }
         }

@@ -2,14 +2,18 @@
 //! task of their own so a slow store never holds up the supervisor) and GPU samples in
 //! JSONL batches under `runs/<id>/metrics/<seq>`.
 //!
-//! The final status is not written here: teardown writes it itself, with retries, after
-//! stopping the heartbeat writer, so no stale heartbeat can land after it.
+//! The final status is not written here: teardown writes it itself, with a deadline,
+//! after stopping the heartbeat writer, so no stale heartbeat can land after it.
+//!
+//! Nothing here retries: the storage client does, within the [`Budget`] each write hands
+//! it (one attempt for a heartbeat or a periodic batch, which the next tick repeats; a
+//! deadline for the last ones).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloudrun::retry::RetryPolicy;
+use cloudrun::retry::Budget;
 use cloudrun::status::{GpuSample, RunStatus};
 use cloudrun::storage::PutOptions;
 use cloudrun::{Layout, RunId, Storage};
@@ -20,22 +24,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const METRICS_BATCH_MAX_SAMPLES: usize = 120;
 /// Total time for writing the final status, retries included.
 pub const FINAL_STATUS_DEADLINE_SECS: u64 = 60;
+/// Total time for shipping the last metrics batch, retries included.
+pub const FINAL_METRICS_DEADLINE_SECS: u64 = 20;
 
-/// Write `status` to `key` through the retry policy `retry`.
+/// Write `status` to `key`, one write that the storage client retries within `budget`
+/// ([`Budget::once`], [`Budget::within`]; a `&RetryPolicy` is read as its attempts and
+/// its total time from now).
 pub async fn write_status(
     storage: &dyn Storage,
     key: &str,
     status: &RunStatus,
-    retry: &RetryPolicy,
+    budget: impl Into<Budget>,
 ) -> Result<(), cloudrun::StorageError> {
     let body = Bytes::from(status.to_json());
-    let opts = PutOptions::default().with_content_type("application/json");
-    retry
-        .run(&format!("status {key}"), |_| {
-            storage.put_bytes(key, body.clone(), &opts)
-        })
-        .await
-        .map(|_| ())
+    let opts = PutOptions::default()
+        .with_content_type("application/json")
+        .with_budget(budget.into());
+    storage.put_bytes(key, body, &opts).await.map(|_| ())
 }
 
 /// Start the heartbeat writer: it writes the latest value sent on the returned channel
@@ -54,7 +59,7 @@ pub fn spawn_status_writer(
             let Some(s) = rx.borrow_and_update().clone() else {
                 continue;
             };
-            match write_status(storage.as_ref(), &key, &s, &RetryPolicy::none()).await {
+            match write_status(storage.as_ref(), &key, &s, Budget::once()).await {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
                     tracing::warn!("heartbeat: {e}");
@@ -88,7 +93,7 @@ pub fn spawn_metrics(
         let mut buf: Vec<GpuSample> = Vec::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ship = |buf: &Vec<GpuSample>, seq: u64, retry: RetryPolicy| {
+        let ship = |buf: &Vec<GpuSample>, seq: u64, budget: Budget| {
             let storage = storage.clone();
             let key = layout.metrics_chunk(&run, seq);
             let mut body = String::new();
@@ -104,13 +109,10 @@ pub fn spawn_metrics(
                     return Some(0);
                 }
                 let data = Bytes::from(body);
-                let opts = PutOptions::default().with_content_type("application/x-ndjson");
-                match retry
-                    .run(&format!("metrics {key}"), |_| {
-                        storage.put_bytes(&key, data.clone(), &opts)
-                    })
-                    .await
-                {
+                let opts = PutOptions::default()
+                    .with_content_type("application/x-ndjson")
+                    .with_budget(budget);
+                match storage.put_bytes(&key, data, &opts).await {
                     Ok(_) => Some(n),
                     Err(e) => {
                         tracing::debug!("metrics batch {key}: {e}");
@@ -125,21 +127,22 @@ pub fn spawn_metrics(
                     Some(MetricsMsg::Sample(s)) => {
                         buf.push(s);
                         if buf.len() >= METRICS_BATCH_MAX_SAMPLES {
-                            if let Some(n) = ship(&buf, seq, RetryPolicy::none()).await {
+                            if let Some(n) = ship(&buf, seq, Budget::once()).await {
                                 buf.drain(..n);
                                 seq += 1;
                             }
                         }
                     }
                     Some(MetricsMsg::Finish(tx)) => {
-                        let r = ship(&buf, seq, RetryPolicy::default().with_deadline(Duration::from_secs(20))).await;
+                        let last = Budget::within(Duration::from_secs(FINAL_METRICS_DEADLINE_SECS));
+                        let r = ship(&buf, seq, last).await;
                         let _ = tx.send(r.is_some());
                         return;
                     }
                     None => return,
                 },
                 _ = tick.tick() => {
-                    if let Some(n) = ship(&buf, seq, RetryPolicy::none()).await {
+                    if let Some(n) = ship(&buf, seq, Budget::once()).await {
                         if n > 0 {
                             buf.drain(..n);
                             seq += 1;

@@ -1133,6 +1133,7 @@ async fn an_unreachable_webhook_delays_teardown_by_at_most_its_timeout() {
 }
 
 /// A store that can be taken down: every call fails with a retryable 503 while it is.
+/// Writes are retried within their budget, as the GCS client retries them.
 #[derive(Debug)]
 struct SwitchableStore {
     inner: Arc<dyn Storage>,
@@ -1165,8 +1166,13 @@ impl Storage for SwitchableStore {
         data: bytes::Bytes,
         opts: &cloudrun::storage::PutOptions,
     ) -> Result<cloudrun::storage::ObjectMeta, cloudrun::StorageError> {
-        self.check(key)?;
-        self.inner.put_bytes(key, data, opts).await
+        let policy = cloudrun::retry::RetryPolicy::default();
+        cloudrun::retry::RetryContext::new(&policy, opts.budget, key)
+            .run(|_| async {
+                self.check(key)?;
+                self.inner.put_bytes(key, data.clone(), opts).await
+            })
+            .await
     }
     async fn put_file(
         &self,
@@ -1174,8 +1180,13 @@ impl Storage for SwitchableStore {
         path: &Path,
         opts: &cloudrun::storage::PutOptions,
     ) -> Result<cloudrun::storage::ObjectMeta, cloudrun::StorageError> {
-        self.check(key)?;
-        self.inner.put_file(key, path, opts).await
+        let policy = cloudrun::retry::RetryPolicy::default();
+        cloudrun::retry::RetryContext::new(&policy, opts.budget, key)
+            .run(|_| async {
+                self.check(key)?;
+                self.inner.put_file(key, path, opts).await
+            })
+            .await
     }
     async fn get_stream(
         &self,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cloudrun::retry::Budget;
 use cloudrun::sync::{self, MirrorState};
 use cloudrun::{Layout, RunId, Storage};
 use tokio::sync::Mutex;
@@ -43,6 +44,13 @@ pub struct OutputPass {
 #[async_trait]
 pub trait Outputs: Send + Sync + std::fmt::Debug {
     async fn sync(&self) -> OutputPass;
+
+    /// A pass that must end by `deadline` (the final sync): the storage client gets the
+    /// deadline, so its retries end there too. Without a client to tell, a plain pass.
+    async fn sync_by(&self, deadline: tokio::time::Instant) -> OutputPass {
+        let _ = deadline;
+        self.sync().await
+    }
 }
 
 /// Brings the run's code into a directory.
@@ -158,6 +166,17 @@ impl MirroredOutputs {
 #[async_trait]
 impl Outputs for MirroredOutputs {
     async fn sync(&self) -> OutputPass {
+        self.pass(Budget::default()).await
+    }
+
+    async fn sync_by(&self, deadline: tokio::time::Instant) -> OutputPass {
+        self.pass(Budget::until(deadline)).await
+    }
+}
+
+impl MirroredOutputs {
+    /// One mirror pass over every output dir, each upload within `budget`.
+    async fn pass(&self, budget: Budget) -> OutputPass {
         let mut states = self.states.lock().await;
         let mut pass = OutputPass {
             complete: true,
@@ -172,12 +191,13 @@ impl Outputs for MirroredOutputs {
                 ));
                 continue;
             }
-            match sync::mirror_dir(
+            match sync::mirror_dir_within(
                 self.storage.clone(),
                 &d.local,
                 &d.prefix,
                 state,
                 TRANSFER_CONCURRENCY,
+                budget,
             )
             .await
             {
@@ -414,6 +434,90 @@ mod tests {
         assert!(
             o.sync().await.skipped.is_empty(),
             "said once, not every pass"
+        );
+    }
+
+    /// A local store that notes the budget every upload was handed.
+    #[derive(Debug)]
+    struct BudgetSpy {
+        inner: LocalStorage,
+        budgets: std::sync::Mutex<Vec<Budget>>,
+    }
+
+    #[async_trait]
+    impl Storage for BudgetSpy {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn put_bytes(
+            &self,
+            key: &str,
+            data: bytes::Bytes,
+            opts: &cloudrun::storage::PutOptions,
+        ) -> Result<cloudrun::ObjectMeta, cloudrun::StorageError> {
+            self.budgets.lock().unwrap().push(opts.budget);
+            self.inner.put_bytes(key, data, opts).await
+        }
+        async fn put_file(
+            &self,
+            key: &str,
+            path: &Path,
+            opts: &cloudrun::storage::PutOptions,
+        ) -> Result<cloudrun::ObjectMeta, cloudrun::StorageError> {
+            self.budgets.lock().unwrap().push(opts.budget);
+            self.inner.put_file(key, path, opts).await
+        }
+        async fn get_stream(
+            &self,
+            key: &str,
+            range: Option<(u64, Option<u64>)>,
+        ) -> Result<cloudrun::storage::ByteStream, cloudrun::StorageError> {
+            self.inner.get_stream(key, range).await
+        }
+        async fn head(
+            &self,
+            key: &str,
+        ) -> Result<Option<cloudrun::ObjectMeta>, cloudrun::StorageError> {
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+        ) -> Result<Vec<cloudrun::ObjectMeta>, cloudrun::StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, cloudrun::StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_final_pass_hands_its_deadline_to_every_upload() {
+        let store = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let spy = Arc::new(BudgetSpy {
+            inner: LocalStorage::new(store.path()),
+            budgets: Default::default(),
+        });
+        let names = vec!["checkpoint".to_string()];
+        let o = MirroredOutputs::new(
+            spy.clone(),
+            &Layout::new("p"),
+            &RunId::parse("20261126-071500-ab12").unwrap(),
+            work.path(),
+            &names,
+            state.path(),
+        );
+        std::fs::create_dir_all(work.path().join("checkpoint")).unwrap();
+        std::fs::write(work.path().join("checkpoint/a.pt"), "a").unwrap();
+        assert!(o.sync().await.complete);
+        std::fs::write(work.path().join("checkpoint/b.pt"), "b").unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        assert!(o.sync_by(deadline).await.complete);
+        assert_eq!(
+            *spy.budgets.lock().unwrap(),
+            vec![Budget::default(), Budget::until(deadline)]
         );
     }
 }

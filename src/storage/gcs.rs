@@ -4,6 +4,13 @@
 //! downloads that resume mid-body from the byte they reached, paged listings, and a CRC32C
 //! check on every upload and every whole-object download.
 //!
+//! Every request goes through one seam ([`GcsStorage::send_once`]: authorise, build, send
+//! with the attempt's time limit, map a failure to [`StorageError`]) and is retried here
+//! and only here, under one [`RetryContext`] per operation: a resumable upload's session,
+//! chunks and status queries share one budget, as do a download's resumes and a
+//! listing's pages. Callers limit a write through [`PutOptions::budget`], never by
+//! retrying it again.
+//!
 //! `STORAGE_EMULATOR_HOST` (`host:port` or a URL) points it at an emulator and turns off
 //! auth, as Google's own clients do. Not `object_store`: its GCS backend speaks the XML
 //! API, which neither emulator accepts.
@@ -11,12 +18,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -24,7 +33,7 @@ use super::{
     crc32c_from_base64, crc32c_to_base64, verify_stream, ByteStream, ObjectMeta, PutOptions,
     Storage, StorageError,
 };
-use crate::retry::{Retry, RetryPolicy, Retryable};
+use crate::retry::{Attempt, Budget, Retry, RetryContext, RetryPolicy, Retryable};
 
 /// Objects up to this size go up in one multipart request; larger ones use a resumable
 /// session, so a dropped connection costs at most one chunk.
@@ -334,33 +343,21 @@ impl GcsStorage {
     pub async fn get_bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
         let url = format!("{}/b/{}", self.endpoint.json_base, self.bucket);
         let what = format!("gs://{}", self.bucket);
-        let r = self
-            .retry
-            .run(&format!("get bucket {what}"), |_| async {
-                let rb = self.request(Method::GET, &url).await?;
-                let resp = self.send(&Method::GET, &url, rb).await?;
-                if !resp.status().is_success() {
-                    return Err(Self::error_of(&what, &Method::GET, &url, resp).await);
-                }
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|source| StorageError::Transport {
-                        method: "read".into(),
-                        url: crate::http::redact_url(&url),
-                        source,
-                    })?;
-                serde_json::from_slice::<BucketInfo>(&body).map_err(|e| StorageError::Protocol {
-                    url: crate::http::redact_url(&url),
-                    detail: format!("bucket JSON: {e}"),
-                })
-            })
-            .await;
-        match r {
+        let mut ctx = self.context(Budget::default(), format!("get bucket {what}"));
+        match self
+            .execute_json::<BucketInfo>(&mut ctx, &what, Method::GET, &url, "bucket", |rb| rb)
+            .await
+        {
             Ok(b) => Ok(Some(b)),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The retry context of one operation named `what`, under this client's policy
+    /// narrowed by `budget`.
+    fn context(&self, budget: Budget, what: String) -> RetryContext {
+        RetryContext::new(&self.retry, budget, what)
     }
 
     fn object_url(&self, key: &str) -> String {
@@ -391,16 +388,85 @@ impl GcsStorage {
         Ok(rb.bearer_auth(token.as_str()))
     }
 
-    async fn send(
+    /// The one request seam: authorise, let `build` add headers and body, send with the
+    /// attempt's time limit (the usual request timeout, or less when the budget's
+    /// deadline is nearer), and turn a failure into a [`StorageError`] naming `key`. A 2xx
+    /// reply, or one whose status is in `pass` (a resumable session's 308, a range's
+    /// 416), is handed back. One attempt: retrying is the caller's [`RetryContext`]'s.
+    async fn send_once(
         &self,
+        attempt: Attempt,
+        key: &str,
         method: &Method,
         url: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, StorageError> {
-        rb.send().await.map_err(|source| StorageError::Transport {
+        pass: &[StatusCode],
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, StorageError> {
+        let timeout = attempt.timeout(Duration::from_secs(crate::http::REQUEST_TIMEOUT_SECS));
+        let rb = build(self.request(method.clone(), url).await?).timeout(timeout);
+        let resp = rb.send().await.map_err(|source| StorageError::Transport {
             method: method.to_string(),
             url: crate::http::redact_url(url),
             source,
+        })?;
+        let status = resp.status();
+        if status.is_success() || pass.contains(&status) {
+            return Ok(resp);
+        }
+        Err(Self::error_of(key, method, url, resp).await)
+    }
+
+    /// One request under `ctx`, retried as it says; `build` makes each attempt's request.
+    async fn execute(
+        &self,
+        ctx: &mut RetryContext,
+        key: &str,
+        method: Method,
+        url: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, StorageError> {
+        let (method, build) = (&method, &build);
+        ctx.run(|a| self.send_once(a, key, method, url, &[], build))
+            .await
+    }
+
+    /// [`Self::execute`] for a JSON reply, read as part of the attempt (a body cut off
+    /// is retried like a failed send). `label` names the document in errors.
+    async fn execute_json<T: DeserializeOwned>(
+        &self,
+        ctx: &mut RetryContext,
+        key: &str,
+        method: Method,
+        url: &str,
+        label: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, StorageError> {
+        let (method, build) = (&method, &build);
+        ctx.run(|a| async move {
+            let resp = self.send_once(a, key, method, url, &[], build).await?;
+            Self::json_of(key, url, label, resp).await
+        })
+        .await
+    }
+
+    /// The JSON body of a reply.
+    async fn json_of<T: DeserializeOwned>(
+        key: &str,
+        url: &str,
+        label: &str,
+        resp: Response,
+    ) -> Result<T, StorageError> {
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| StorageError::Transport {
+                method: "read".into(),
+                url: crate::http::redact_url(url),
+                source,
+            })?;
+        serde_json::from_slice(&body).map_err(|e| StorageError::Protocol {
+            url: crate::http::redact_url(url),
+            detail: format!("{label} JSON for {key}: {e}"),
         })
     }
 
@@ -427,25 +493,10 @@ impl GcsStorage {
         }
     }
 
-    async fn object_of(
-        key: &str,
-        url: &str,
-        resp: reqwest::Response,
-    ) -> Result<ObjectMeta, StorageError> {
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|source| StorageError::Transport {
-                method: "read".into(),
-                url: crate::http::redact_url(url),
-                source,
-            })?;
-        let obj: ObjectJson =
-            serde_json::from_slice(&body).map_err(|e| StorageError::Protocol {
-                url: crate::http::redact_url(url),
-                detail: format!("object JSON for {key}: {e}"),
-            })?;
-        Ok(obj.into_meta())
+    async fn object_of(key: &str, url: &str, resp: Response) -> Result<ObjectMeta, StorageError> {
+        Ok(Self::json_of::<ObjectJson>(key, url, "object", resp)
+            .await?
+            .into_meta())
     }
 
     fn check_written(
@@ -508,6 +559,7 @@ impl GcsStorage {
     /// One multipart upload attempt.
     async fn put_multipart(
         &self,
+        attempt: Attempt,
         key: &str,
         data: &Bytes,
         opts: &PutOptions,
@@ -526,18 +578,15 @@ impl GcsStorage {
         );
         body.extend_from_slice(data);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let rb = self
-            .request(Method::POST, &url)
-            .await?
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                format!("multipart/related; boundary={boundary}"),
-            )
-            .body(body);
-        let resp = self.send(&Method::POST, &url, rb).await?;
-        if !resp.status().is_success() {
-            return Err(Self::error_of(key, &Method::POST, &url, resp).await);
-        }
+        let resp = self
+            .send_once(attempt, key, &Method::POST, &url, &[], |rb| {
+                rb.header(
+                    reqwest::header::CONTENT_TYPE,
+                    format!("multipart/related; boundary={boundary}"),
+                )
+                .body(body)
+            })
+            .await?;
         let m = Self::object_of(key, &url, resp).await?;
         if let Err(e) = Self::check_written(key, &m, crc, data.len() as u64) {
             return Err(self.discard_bad_upload(key, &m, e).await);
@@ -559,12 +608,12 @@ impl GcsStorage {
             self.object_url(key),
             meta.generation
         );
-        let outcome = match self.request(Method::DELETE, &url).await {
-            Ok(rb) => match self.send(&Method::DELETE, &url, rb).await {
-                Ok(resp) if resp.status().is_success() => "removed".to_string(),
-                Ok(resp) => format!("could not be removed (HTTP {})", resp.status().as_u16()),
-                Err(e) => format!("could not be removed ({e})"),
-            },
+        let mut once = self.context(Budget::once(), format!("remove bad upload {key}"));
+        let outcome = match self
+            .execute(&mut once, key, Method::DELETE, &url, |rb| rb)
+            .await
+        {
+            Ok(_) => "removed".to_string(),
             Err(e) => format!("could not be removed ({e})"),
         };
         tracing::warn!(
@@ -574,33 +623,31 @@ impl GcsStorage {
         err
     }
 
-    /// Open a resumable session; returns the session URI.
+    /// Open a resumable session under the upload's `ctx`; returns the session URI.
     async fn start_session(
         &self,
+        ctx: &mut RetryContext,
         key: &str,
         opts: &PutOptions,
         total: u64,
     ) -> Result<String, StorageError> {
         let url = self.upload_query("resumable", key, opts);
-        let rb = self
-            .request(Method::POST, &url)
-            .await?
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/json; charset=UTF-8",
-            )
-            .header("X-Upload-Content-Length", total.to_string())
-            .header(
-                "X-Upload-Content-Type",
-                opts.content_type
-                    .as_deref()
-                    .unwrap_or("application/octet-stream"),
-            )
-            .body(Self::object_resource(key, opts, None).to_string());
-        let resp = self.send(&Method::POST, &url, rb).await?;
-        if !resp.status().is_success() {
-            return Err(Self::error_of(key, &Method::POST, &url, resp).await);
-        }
+        let resource = Self::object_resource(key, opts, None).to_string();
+        let content_type = opts
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        let resp = self
+            .execute(ctx, key, Method::POST, &url, |rb| {
+                rb.header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/json; charset=UTF-8",
+                )
+                .header("X-Upload-Content-Length", total.to_string())
+                .header("X-Upload-Content-Type", content_type)
+                .body(resource.clone())
+            })
+            .await?;
         let loc = resp
             .headers()
             .get(reqwest::header::LOCATION)
@@ -628,52 +675,60 @@ impl GcsStorage {
         format!("{base}{}", &loc[i..])
     }
 
-    /// GET the object's bytes from `offset` (to `end`, exclusive); `None` when the range
-    /// is empty.
+    /// One attempt to GET the object's bytes from `offset` (to `end`, exclusive); `None`
+    /// when the range is empty.
     async fn open_media(
         &self,
+        attempt: Attempt,
         key: &str,
         offset: u64,
         end: Option<u64>,
         generation: Option<i64>,
-    ) -> Result<Option<reqwest::Response>, StorageError> {
+    ) -> Result<Option<Response>, StorageError> {
         let mut url = format!("{}?alt=media", self.object_url(key));
         if let Some(g) = generation {
             url.push_str(&format!("&generation={g}"));
         }
-        let mut rb = self.request(Method::GET, &url).await?;
-        if offset > 0 || end.is_some() {
-            let r = match end {
-                Some(e) if e > offset => format!("bytes={offset}-{}", e - 1),
-                Some(_) => return Ok(None),
-                None => format!("bytes={offset}-"),
-            };
-            rb = rb.header(reqwest::header::RANGE, r);
-        }
-        let resp = self.send(&Method::GET, &url, rb).await?;
+        let range = match end {
+            Some(e) if e > offset => Some(format!("bytes={offset}-{}", e - 1)),
+            Some(_) => return Ok(None),
+            None if offset > 0 => Some(format!("bytes={offset}-")),
+            None => None,
+        };
+        let resp = self
+            .send_once(
+                attempt,
+                key,
+                &Method::GET,
+                &url,
+                &[StatusCode::RANGE_NOT_SATISFIABLE],
+                |rb| match range {
+                    Some(r) => rb.header(reqwest::header::RANGE, r),
+                    None => rb,
+                },
+            )
+            .await?;
         if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(Self::error_of(key, &Method::GET, &url, resp).await);
         }
         Ok(Some(resp))
     }
 
-    /// Ask a session how many bytes it holds: `Ok(Err(offset))` to continue from,
-    /// `Ok(Ok(meta))` when the upload is already complete.
+    /// One attempt to ask a session how many bytes it holds: `Ok(Err(offset))` to
+    /// continue from, `Ok(Ok(meta))` when the upload is already complete.
     async fn session_status(
         &self,
+        attempt: Attempt,
         key: &str,
         session: &str,
         total: u64,
     ) -> Result<Result<ObjectMeta, u64>, StorageError> {
-        let rb = self
-            .request(Method::PUT, session)
-            .await?
-            .header(reqwest::header::CONTENT_RANGE, format!("bytes */{total}"))
-            .header(reqwest::header::CONTENT_LENGTH, "0");
-        let resp = self.send(&Method::PUT, session, rb).await?;
+        let resp = self
+            .send_once(attempt, key, &Method::PUT, session, SESSION_PASS, |rb| {
+                rb.header(reqwest::header::CONTENT_RANGE, format!("bytes */{total}"))
+                    .header(reqwest::header::CONTENT_LENGTH, "0")
+            })
+            .await?;
         Self::chunk_reply(key, session, resp).await
     }
 
@@ -719,16 +774,10 @@ impl GcsStorage {
             opts.crc32c = Some(crc32c::crc32c(b));
         }
         let opts = &opts;
-        let session = self
-            .retry
-            .run(&format!("start upload of {key}"), |_| {
-                self.start_session(key, opts, total)
-            })
-            .await?;
-        let started = tokio::time::Instant::now();
+        let mut ctx = self.context(opts.budget, format!("upload of {key}"));
+        let session = self.start_session(&mut ctx, key, opts, total).await?;
         let mut committed = 0u64;
         let mut crc = 0u32;
-        let mut failures = 0u32;
         loop {
             let len = (self.chunk_bytes as u64).min(total - committed);
             let end = committed + len;
@@ -739,38 +788,43 @@ impl GcsStorage {
                 format!("bytes {committed}-{}/{total}", end - 1)
             };
             let (body, tally) = src.chunk(committed, len, crc).await?;
-            let mut rb = self
-                .request(Method::PUT, &session)
-                .await?
-                .header(reqwest::header::CONTENT_RANGE, range)
-                .header(reqwest::header::CONTENT_LENGTH, len.to_string());
-            if let (true, Some(c)) = (last, opts.crc32c) {
-                rb = rb.header("X-Goog-Hash", format!("crc32c={}", crc32c_to_base64(c)));
-            }
-            let attempt = match self.send(&Method::PUT, &session, rb.body(body)).await {
+            let hash = match (last, opts.crc32c) {
+                (true, Some(c)) => Some(format!("crc32c={}", crc32c_to_base64(c))),
+                _ => None,
+            };
+            let sent = self
+                .send_once(
+                    ctx.attempt(),
+                    key,
+                    &Method::PUT,
+                    &session,
+                    SESSION_PASS,
+                    |rb| {
+                        let rb = rb
+                            .header(reqwest::header::CONTENT_RANGE, range)
+                            .header(reqwest::header::CONTENT_LENGTH, len.to_string());
+                        match hash {
+                            Some(h) => rb.header("X-Goog-Hash", h),
+                            None => rb,
+                        }
+                        .body(body)
+                    },
+                )
+                .await;
+            let attempt = match sent {
                 Ok(resp) => Self::chunk_reply(key, &session, resp).await,
                 Err(e) => Err(e),
             };
             let reply = match attempt {
                 Ok(r) => r,
                 Err(e) => {
-                    failures += 1;
-                    let give_up = match e.retry() {
-                        Retry::No => true,
-                        _ => {
-                            failures >= self.retry.max_attempts
-                                || started.elapsed() > self.retry.total_deadline
-                        }
-                    };
-                    if give_up {
-                        return Err(e);
-                    }
-                    if failures == 1 {
-                        tracing::warn!("upload of {key}: {e}; resuming");
-                    }
-                    tokio::time::sleep(self.retry.backoff(failures)).await;
+                    // One budget for the whole upload: this gives up when it is spent.
+                    ctx.backoff(e).await?;
                     // Where did the server get to?
-                    match self.session_status(key, &session, total).await {
+                    match self
+                        .session_status(ctx.attempt(), key, &session, total)
+                        .await
+                    {
                         Ok(r) => r,
                         Err(e2) if e2.retry() != Retry::No => continue_from(committed),
                         Err(e2) => return Err(e2),
@@ -817,6 +871,29 @@ impl GcsStorage {
     }
 }
 
+/// Replies a resumable session's requests hand back rather than fail on: 308 Resume
+/// Incomplete, with the committed range.
+const SESSION_PASS: &[StatusCode] = &[StatusCode::PERMANENT_REDIRECT];
+
+/// A download whose body broke after the request was accepted: any failure reading it
+/// (reset, EOF, a decode error wrapping either) is worth resuming from the byte reached.
+struct BodyBroke {
+    at: u64,
+    err: StorageError,
+}
+
+impl std::fmt::Display for BodyBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broke at byte {}: {}", self.at, self.err)
+    }
+}
+
+impl Retryable for BodyBroke {
+    fn retry(&self) -> Retry {
+        Retry::Yes
+    }
+}
+
 /// A status query that itself failed transiently: carry on from what we know.
 fn continue_from(committed: u64) -> Result<ObjectMeta, u64> {
     Err(committed)
@@ -849,10 +926,8 @@ impl Storage for GcsStorage {
         }
         // Every cloudrun write is content-addressed, create-only or a whole-object rewrite
         // whose repetition is harmless, so a retried upload is safe.
-        self.retry
-            .run(&format!("upload {key}"), |_| {
-                self.put_multipart(key, &data, opts, crc)
-            })
+        self.context(opts.budget, format!("upload {key}"))
+            .run(|a| self.put_multipart(a, key, &data, opts, crc))
             .await
     }
 
@@ -888,11 +963,10 @@ impl Storage for GcsStorage {
         range: Option<(u64, Option<u64>)>,
     ) -> Result<ByteStream, StorageError> {
         let (start, end) = range.unwrap_or((0, None));
-        let first = self
-            .retry
-            .run(&format!("download {key}"), |_| {
-                self.open_media(key, start, end, None)
-            })
+        // One context for the download: the first request and every resume share it.
+        let mut ctx = self.context(Budget::default(), format!("download of {key}"));
+        let first = ctx
+            .run(|a| self.open_media(a, key, start, end, None))
             .await?;
         let Some(first) = first else {
             return Ok(Box::pin(futures::stream::empty()));
@@ -916,11 +990,11 @@ impl Storage for GcsStorage {
         struct Body {
             store: GcsStorage,
             key: String,
-            resp: Option<reqwest::Response>,
+            resp: Option<Response>,
             offset: u64,
             end: Option<u64>,
             generation: Option<i64>,
-            failures: u32,
+            ctx: RetryContext,
         }
         let body = Body {
             store: self.clone(),
@@ -929,7 +1003,7 @@ impl Storage for GcsStorage {
             offset: start,
             end,
             generation,
-            failures: 0,
+            ctx,
         };
         let stream: ByteStream = Box::pin(futures::stream::unfold(body, |mut st| async move {
             loop {
@@ -946,24 +1020,16 @@ impl Storage for GcsStorage {
                         source,
                     },
                 };
-                // The request was accepted; any failure reading its body (reset, EOF,
-                // a decode error wrapping either) is worth resuming from the byte reached.
-                st.failures += 1;
-                if st.failures >= st.store.retry.max_attempts {
+                let broke = BodyBroke { at: st.offset, err };
+                if let Err(b) = st.ctx.backoff(broke).await {
                     st.resp = None;
-                    return Some((Err(err), st));
+                    return Some((Err(b.err), st));
                 }
-                if st.failures == 1 {
-                    tracing::warn!(
-                        "download of {} broke at byte {}: {err}; resuming",
-                        st.key,
-                        st.offset
-                    );
-                }
-                tokio::time::sleep(st.store.retry.backoff(st.failures)).await;
+                let (store, key, offset, end, generation) =
+                    (&st.store, &st.key, st.offset, st.end, st.generation);
                 match st
-                    .store
-                    .open_media(&st.key, st.offset, st.end, st.generation)
+                    .ctx
+                    .run(|a| store.open_media(a, key, offset, end, generation))
                     .await
                 {
                     Ok(Some(r)) => st.resp = Some(r),
@@ -997,19 +1063,12 @@ impl Storage for GcsStorage {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let url = self.object_url(key);
-        let r = self
-            .retry
-            .run(&format!("stat {key}"), |_| async {
-                let rb = self.request(Method::GET, &url).await?;
-                let resp = self.send(&Method::GET, &url, rb).await?;
-                if !resp.status().is_success() {
-                    return Err(Self::error_of(key, &Method::GET, &url, resp).await);
-                }
-                Self::object_of(key, &url, resp).await
-            })
-            .await;
-        match r {
-            Ok(m) => Ok(Some(m)),
+        let mut ctx = self.context(Budget::default(), format!("stat {key}"));
+        match self
+            .execute_json::<ObjectJson>(&mut ctx, key, Method::GET, &url, "object", |rb| rb)
+            .await
+        {
+            Ok(m) => Ok(Some(m.into_meta())),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -1018,6 +1077,8 @@ impl Storage for GcsStorage {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        // One context for the listing: its pages share it.
+        let mut ctx = self.context(Budget::default(), format!("list {prefix}"));
         loop {
             let mut url = format!(
                 "{}/b/{}/o?prefix={}&maxResults={LIST_PAGE_SIZE}",
@@ -1032,26 +1093,7 @@ impl Storage for GcsStorage {
                 ));
             }
             let page: ListJson = self
-                .retry
-                .run(&format!("list {prefix}"), |_| async {
-                    let rb = self.request(Method::GET, &url).await?;
-                    let resp = self.send(&Method::GET, &url, rb).await?;
-                    if !resp.status().is_success() {
-                        return Err(Self::error_of(prefix, &Method::GET, &url, resp).await);
-                    }
-                    let body = resp
-                        .bytes()
-                        .await
-                        .map_err(|source| StorageError::Transport {
-                            method: "GET".into(),
-                            url: crate::http::redact_url(&url),
-                            source,
-                        })?;
-                    serde_json::from_slice::<ListJson>(&body).map_err(|e| StorageError::Protocol {
-                        url: crate::http::redact_url(&url),
-                        detail: format!("listing JSON: {e}"),
-                    })
-                })
+                .execute_json(&mut ctx, prefix, Method::GET, &url, "listing", |rb| rb)
                 .await?;
             out.extend(page.items.into_iter().map(ObjectJson::into_meta));
             match page.next_page_token {
@@ -1065,19 +1107,12 @@ impl Storage for GcsStorage {
 
     async fn delete(&self, key: &str) -> Result<bool, StorageError> {
         let url = self.object_url(key);
-        let r = self
-            .retry
-            .run(&format!("delete {key}"), |_| async {
-                let rb = self.request(Method::DELETE, &url).await?;
-                let resp = self.send(&Method::DELETE, &url, rb).await?;
-                if !resp.status().is_success() {
-                    return Err(Self::error_of(key, &Method::DELETE, &url, resp).await);
-                }
-                Ok(())
-            })
-            .await;
-        match r {
-            Ok(()) => Ok(true),
+        let mut ctx = self.context(Budget::default(), format!("delete {key}"));
+        match self
+            .execute(&mut ctx, key, Method::DELETE, &url, |rb| rb)
+            .await
+        {
+            Ok(_) => Ok(true),
             Err(StorageError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -1089,27 +1124,9 @@ impl Storage for GcsStorage {
             self.endpoint.json_base, self.bucket
         );
         let what = format!("bucket {}", self.bucket);
+        let mut ctx = self.context(Budget::default(), format!("get {what}"));
         let b: BucketJson = self
-            .retry
-            .run(&format!("get {what}"), |_| async {
-                let rb = self.request(Method::GET, &url).await?;
-                let resp = self.send(&Method::GET, &url, rb).await?;
-                if !resp.status().is_success() {
-                    return Err(Self::error_of(&what, &Method::GET, &url, resp).await);
-                }
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|source| StorageError::Transport {
-                        method: "read".into(),
-                        url: crate::http::redact_url(&url),
-                        source,
-                    })?;
-                serde_json::from_slice::<BucketJson>(&body).map_err(|e| StorageError::Protocol {
-                    url: crate::http::redact_url(&url),
-                    detail: format!("bucket JSON: {e}"),
-                })
-            })
+            .execute_json(&mut ctx, &what, Method::GET, &url, "bucket", |rb| rb)
             .await?;
         Ok(Some(crate::prices::BucketPlace {
             location: b.location.to_ascii_uppercase(),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
-use crate::retry::{Retry, Retryable};
+use crate::retry::{Budget, Retry, Retryable};
 use crate::store_url::StoreUrl;
 
 /// A stream of object bytes. A whole-object stream ends with an
@@ -67,6 +67,11 @@ pub struct PutOptions {
     /// hashes every file before sending it). GCS is told up front and refuses an upload
     /// that does not match, so a file that changes mid-upload never lands.
     pub crc32c: Option<u32>,
+    /// What the write may spend, retries included, across all its requests (a
+    /// resumable upload's session, chunks and status queries share it). The default is
+    /// the client's retry policy; [`Budget::once`] is one attempt, [`Budget::until`] a
+    /// deadline. A backend with nothing to retry (a local directory) ignores it.
+    pub budget: Budget,
 }
 
 impl PutOptions {
@@ -81,6 +86,12 @@ impl PutOptions {
     /// With a content type.
     pub fn with_content_type(mut self, ct: &str) -> Self {
         self.content_type = Some(ct.to_string());
+        self
+    }
+
+    /// With a retry budget (one attempt, or a deadline).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
         self
     }
 }

@@ -36,6 +36,7 @@ use super::{
     blocking, check_destination, digest_file, dir_prefix, mtime_ns, SyncError, TMP_PREFIX,
 };
 use crate::manifest::validate_relative_path;
+use crate::retry::Budget;
 use crate::storage::{ObjectMeta, PutOptions, Storage, StorageError, META_FILE_MTIME, META_SHA256};
 
 /// Version of the [`MirrorState`] layout.
@@ -129,6 +130,27 @@ pub async fn mirror_dir(
     state: &mut MirrorState,
     concurrency: usize,
 ) -> Result<MirrorReport, SyncError> {
+    mirror_dir_within(
+        storage,
+        local_dir,
+        prefix,
+        state,
+        concurrency,
+        Budget::default(),
+    )
+    .await
+}
+
+/// [`mirror_dir`] with every upload handed `budget` (a pass that must end by a deadline
+/// gives each upload that deadline, so the client's retries stop there too).
+pub async fn mirror_dir_within(
+    storage: Arc<dyn Storage>,
+    local_dir: &Path,
+    prefix: &str,
+    state: &mut MirrorState,
+    concurrency: usize,
+    budget: Budget,
+) -> Result<MirrorReport, SyncError> {
     let prefix = dir_prefix(prefix);
     if state.prefix != prefix || state.schema != MIRROR_STATE_SCHEMA {
         *state = MirrorState {
@@ -177,7 +199,7 @@ pub async fn mirror_dir(
             let key = format!("{prefix}{}", f.rel);
             let remote = remote.get(&f.rel);
             let known = state.files.get(&f.rel);
-            async move { mirror_one(storage.as_ref(), f, key, remote, known).await }
+            async move { mirror_one(storage.as_ref(), f, key, remote, known, budget).await }
         })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
@@ -233,6 +255,7 @@ async fn mirror_one(
     key: String,
     remote: Option<&ObjectMeta>,
     known: Option<&MirroredFile>,
+    budget: Budget,
 ) -> Result<Outcome, SyncError> {
     let (abs, rel) = (f.abs.clone(), f.rel.clone());
     let hashed = blocking(move || {
@@ -275,7 +298,9 @@ async fn mirror_one(
         }
     }
 
-    let mut opts = PutOptions::default().with_content_type("application/octet-stream");
+    let mut opts = PutOptions::default()
+        .with_content_type("application/octet-stream")
+        .with_budget(budget);
     opts.metadata.insert(
         META_FILE_MTIME.to_string(),
         before.1.div_euclid(1_000_000_000).to_string(),

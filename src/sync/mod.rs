@@ -32,8 +32,8 @@ use crate::storage::StorageError;
 
 pub use materialise::{fetch_manifest, materialise, MaterialiseReport};
 pub use mirror::{
-    mirror_dir, pull_prefix, MirrorReport, MirrorState, MirroredFile, PullReport,
-    MIRROR_STATE_SCHEMA,
+    mirror_dir, mirror_dir_within, pull_prefix, MirrorReport, MirrorState, MirroredFile,
+    PullReport, MIRROR_STATE_SCHEMA,
 };
 pub use push::{push_tree, PushOptions, PushReport, HEAD_PROBE_MAX_BLOBS};
 pub use scan::{scan_tree, ScanOptions, ScannedFile, ScannedTree, CLOUDRUN_IGNORE_FILE};
