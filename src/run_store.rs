@@ -3,14 +3,16 @@
 //! conditional writes. Every `status.json` the launcher or the agent writes goes through
 //! here; nothing else spells those keys or their JSON options.
 //!
-//! It owns no retries (the storage client retries each request) and no policy about
-//! what a status should say (the caller builds the document).
+//! It owns no retries (the storage client retries each request, within the [`Budget`] a
+//! caller hands it) and no policy about what a status should say (the caller builds the
+//! document).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::layout::Layout;
+use crate::retry::Budget;
 use crate::run_id::RunId;
 use crate::spec::RunSpec;
 use crate::status::{RunStatus, StopRequest};
@@ -104,10 +106,20 @@ impl RunStore {
 
     /// Write the run's status, replacing whatever is there.
     pub async fn put_status(&self, status: &RunStatus) -> Result<(), RunStoreError> {
+        self.put_status_within(status, Budget::default()).await
+    }
+
+    /// [`RunStore::put_status`] with what the storage client may spend on it: one
+    /// attempt for a heartbeat the next one repeats, a deadline for a final status.
+    pub async fn put_status_within(
+        &self,
+        status: &RunStatus,
+        budget: Budget,
+    ) -> Result<(), RunStoreError> {
         self.put(
             self.layout.status(&status.run_id),
             status.to_json(),
-            json_opts(),
+            json_opts().with_budget(budget),
         )
         .await
     }

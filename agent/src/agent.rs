@@ -47,7 +47,7 @@ use crate::transfer::{CodeSource, Outputs};
 use crate::webhook::WebhookEvent;
 use wiring::Agent;
 
-pub use crate::vm::{VmHandle, DELETE_ATTEMPTS, OPERATION_WAIT_SECS};
+pub use crate::vm::{VmHandle, OPERATION_WAIT_SECS};
 pub use final_sync::{HEARTBEAT_DRAIN_SECS, PREEMPTED_FINAL_SYNC_SECS, PREEMPTED_GRACE_SECS};
 pub use steps::{KEPT_DISK_STATUS_SECS, VM_FATE_STATUS_SECS};
 pub use supervisor::POLICY_TICK_MILLIS;

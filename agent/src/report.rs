@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cloudrun::retry::Budget;
+use cloudrun::run_store::{RunStore, RunStoreError};
 use cloudrun::status::{GpuSample, RunStatus};
 use cloudrun::storage::PutOptions;
 use cloudrun::{Layout, RunId, Storage};
@@ -27,27 +28,20 @@ pub const FINAL_STATUS_DEADLINE_SECS: u64 = 60;
 /// Total time for shipping the last metrics batch, retries included.
 pub const FINAL_METRICS_DEADLINE_SECS: u64 = 20;
 
-/// Write `status` to `key`, one write that the storage client retries within `budget`
-/// ([`Budget::once`], [`Budget::within`]; a `&RetryPolicy` is read as its attempts and
-/// its total time from now).
+/// Write `status` through the run store, one write that the storage client retries
+/// within `budget` ([`Budget::once`], [`Budget::within`]).
 pub async fn write_status(
-    storage: &dyn Storage,
-    key: &str,
+    docs: &RunStore,
     status: &RunStatus,
-    budget: impl Into<Budget>,
-) -> Result<(), cloudrun::StorageError> {
-    let body = Bytes::from(status.to_json());
-    let opts = PutOptions::default()
-        .with_content_type("application/json")
-        .with_budget(budget.into());
-    storage.put_bytes(key, body, &opts).await.map(|_| ())
+    budget: Budget,
+) -> Result<(), RunStoreError> {
+    docs.put_status_within(status, budget).await
 }
 
 /// Start the heartbeat writer: it writes the latest value sent on the returned channel
 /// (older unsent values are skipped) until the sender is dropped.
 pub fn spawn_status_writer(
-    storage: Arc<dyn Storage>,
-    key: String,
+    docs: RunStore,
 ) -> (
     watch::Sender<Option<RunStatus>>,
     tokio::task::JoinHandle<()>,
@@ -59,7 +53,7 @@ pub fn spawn_status_writer(
             let Some(s) = rx.borrow_and_update().clone() else {
                 continue;
             };
-            match write_status(storage.as_ref(), &key, &s, Budget::once()).await {
+            match write_status(&docs, &s, Budget::once()).await {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
                     tracing::warn!("heartbeat: {e}");

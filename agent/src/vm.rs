@@ -7,11 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudrun::compute::{wait_until_done, Compute, ComputeError, Operation};
-use cloudrun::retry::{Retry, RetryPolicy, Retryable};
 use cloudrun::status::{InstanceRef, VmFate};
-
-/// Delete attempts (same `requestId`, each retried inside the client) before powering off.
-pub const DELETE_ATTEMPTS: u32 = 3;
 /// How long to follow the delete (or disk) operation for an error before moving on.
 pub const OPERATION_WAIT_SECS: u64 = 90;
 
@@ -80,10 +76,10 @@ impl VmHandle {
         Ok(name)
     }
 
-    /// Delete the instance, at most [`DELETE_ATTEMPTS`] calls with one `requestId`; power
-    /// it off when that fails. `None` when both fail. `on_operation` hears the delete
-    /// operation's name as soon as Compute answers (before it is followed), and the name
-    /// is returned too.
+    /// Delete the instance: one call, which the Compute client retries under its policy
+    /// with this one `requestId`; power it off when that fails. `None` when both fail.
+    /// `on_operation` hears the delete operation's name as soon as Compute answers (before
+    /// it is followed), and the name is returned too.
     pub async fn delete_or_power_off(
         &self,
         request_id: &str,
@@ -91,46 +87,29 @@ impl VmHandle {
     ) -> (Option<VmFate>, Option<String>) {
         let i = &self.instance;
         let mut op_name = None;
-        let policy = RetryPolicy::default();
-        for attempt in 1..=DELETE_ATTEMPTS {
-            tracing::info!(
-                "deleting instance {} (attempt {attempt}, requestId {request_id})",
-                i.name
-            );
-            match self
-                .compute
-                .delete_instance(&i.project, &i.zone, &i.name, request_id)
-                .await
-            {
-                Ok(None) => return (Some(VmFate::Deleted), op_name),
-                Ok(Some(op)) => {
-                    if !op.name.is_empty() {
-                        op_name = Some(op.name.clone());
-                        on_operation(&op.name).await;
-                    }
-                    match self.settle(op).await.map(|op| op.into_result()) {
-                        Ok(Ok(_)) => return (Some(VmFate::Deleted), op_name),
-                        Ok(Err(e)) => {
-                            tracing::error!("the delete operation failed: {e}");
-                            break;
-                        }
-                        // Accepted but not confirmed (the VM may be going down under us).
-                        Err(e) => {
-                            tracing::warn!("delete accepted, not confirmed: {e}");
-                            return (Some(VmFate::Deleted), op_name);
-                        }
-                    }
+        tracing::info!("deleting instance {} (requestId {request_id})", i.name);
+        match self
+            .compute
+            .delete_instance(&i.project, &i.zone, &i.name, request_id)
+            .await
+        {
+            Ok(None) => return (Some(VmFate::Deleted), op_name),
+            Ok(Some(op)) => {
+                if !op.name.is_empty() {
+                    op_name = Some(op.name.clone());
+                    on_operation(&op.name).await;
                 }
-                Err(e) => {
-                    tracing::error!("deleting the instance: {e}");
-                    if e.retry() == Retry::No {
-                        break;
-                    }
-                    if attempt < DELETE_ATTEMPTS {
-                        tokio::time::sleep(policy.backoff(attempt)).await;
+                match self.settle(op).await.map(|op| op.into_result()) {
+                    Ok(Ok(_)) => return (Some(VmFate::Deleted), op_name),
+                    Ok(Err(e)) => tracing::error!("the delete operation failed: {e}"),
+                    // Accepted but not confirmed (the VM may be going down under us).
+                    Err(e) => {
+                        tracing::warn!("delete accepted, not confirmed: {e}");
+                        return (Some(VmFate::Deleted), op_name);
                     }
                 }
             }
+            Err(e) => tracing::error!("deleting the instance: {e}"),
         }
         (self.power_off().await, op_name)
     }

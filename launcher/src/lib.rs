@@ -82,7 +82,7 @@ pub enum Error {
     #[error(transparent)]
     Report(#[from] report::ReportError),
     #[error(transparent)]
-    Docs(#[from] cloudrun::run_store::RunStoreError),
+    Docs(Box<cloudrun::run_store::RunStoreError>),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -112,7 +112,7 @@ macro_rules! boxed_from {
         }
     )*};
 }
-boxed_from!(Launch: launch::LaunchError, Runs: runs::RunsError, Compute: cloudrun::compute::ComputeError);
+boxed_from!(Launch: launch::LaunchError, Runs: runs::RunsError, Compute: cloudrun::compute::ComputeError, Docs: cloudrun::run_store::RunStoreError);
 
 /// Whether `e` or one of its sources is an I/O error of kind `BrokenPipe`.
 pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -68,9 +68,15 @@ pub enum RunsError {
     #[error("{0}")]
     Other(String),
     #[error(transparent)]
-    Docs(#[from] RunStoreError),
+    Docs(Box<RunStoreError>),
     #[error("the local agent of run {0} exited without recording an end: its own log is agent.log in the run's folder under ~/.local/share/cloudrun/local/")]
     AgentGone(RunId),
+}
+
+impl From<RunStoreError> for RunsError {
+    fn from(e: RunStoreError) -> Self {
+        RunsError::Docs(Box::new(e))
+    }
 }
 
 fn st(what: impl Into<String>) -> impl FnOnce(StorageError) -> RunsError {

@@ -70,7 +70,7 @@ impl Agent {
         if let Some(t) = self.outputs_task.take() {
             join_until(t, deadline).await;
         }
-        let pass = match tokio::time::timeout_at(deadline, self.outputs.sync()).await {
+        let pass = match tokio::time::timeout_at(deadline, self.outputs.sync_by(deadline)).await {
             Ok(p) => p,
             Err(_) => crate::transfer::OutputPass {
                 problems: vec![format!(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cloudrun::billing::{Marks, Receipt, Split};
-use cloudrun::retry::RetryPolicy;
+use cloudrun::retry::Budget;
 use cloudrun::status::{DeleteRecord, EndInfo, EndReason, Phase, VmFate};
 
 use super::teardown::{Ending, StatusWindow};
@@ -93,21 +93,16 @@ impl Agent {
         self.status.end = Some(end.clone());
         self.status.receipt = Some(receipt);
         self.status.kept_disk = kept_disk.clone();
-        let retry = match window {
-            // The only record of the kept disk: retry until the store is back or the
-            // window ends, however many attempts that takes.
-            StatusWindow::KeptDisk => RetryPolicy {
-                max_attempts: u32::MAX,
-                ..RetryPolicy::default()
+        let budget = match window {
+            // The only record of the kept disk: the client retries until the store is
+            // back or the window ends, however many attempts that takes.
+            StatusWindow::KeptDisk => Budget::within(Duration::from_secs(KEPT_DISK_STATUS_SECS))
+                .with_max_attempts(u32::MAX),
+            StatusWindow::Usual => {
+                Budget::within(Duration::from_secs(report::FINAL_STATUS_DEADLINE_SECS))
             }
-            .with_deadline(Duration::from_secs(KEPT_DISK_STATUS_SECS)),
-            StatusWindow::Usual => RetryPolicy::default()
-                .with_deadline(Duration::from_secs(report::FINAL_STATUS_DEADLINE_SECS)),
         };
-        let key = self.deps.layout.status(&self.spec.run_id);
-        if let Err(e) =
-            report::write_status(self.deps.storage.as_ref(), &key, &self.status, &retry).await
-        {
+        if let Err(e) = report::write_status(&self.docs(), &self.status, budget).await {
             tracing::error!("the final status could not be written: {e}");
         }
     }
@@ -138,15 +133,7 @@ impl Agent {
             });
         }
         self.status.updated_at = now;
-        let key = self.deps.layout.status(&self.spec.run_id);
-        if let Err(e) = report::write_status(
-            self.deps.storage.as_ref(),
-            &key,
-            &self.status,
-            &fate_retry(),
-        )
-        .await
-        {
+        if let Err(e) = report::write_status(&self.docs(), &self.status, fate_budget()).await {
             tracing::warn!("recording the delete request in the status: {e}");
         }
     }
@@ -155,18 +142,15 @@ impl Agent {
     /// written to the status as soon as Compute names it.
     pub(super) async fn delete_vm(&mut self, request_id: &str) -> Option<VmFate> {
         let vm = self.deps.vm.clone()?;
-        let storage = self.deps.storage.clone();
-        let key = self.deps.layout.status(&self.spec.run_id);
+        let docs = self.docs();
         let mut noted = self.status.clone();
         let mut on_operation = move |op: &str| -> futures::future::BoxFuture<'static, ()> {
             if let Some(d) = noted.delete.as_mut() {
                 d.operation = Some(op.to_string());
             }
-            let (st, storage, key) = (noted.clone(), storage.clone(), key.clone());
+            let (st, docs) = (noted.clone(), docs.clone());
             Box::pin(async move {
-                if let Err(e) =
-                    report::write_status(storage.as_ref(), &key, &st, &fate_retry()).await
-                {
+                if let Err(e) = report::write_status(&docs, &st, fate_budget()).await {
                     tracing::warn!("recording the delete operation in the status: {e}");
                 }
             })
@@ -193,15 +177,7 @@ impl Agent {
             );
         }
         self.status.updated_at = self.deps.clock.now();
-        let key = self.deps.layout.status(&self.spec.run_id);
-        if let Err(err) = report::write_status(
-            self.deps.storage.as_ref(),
-            &key,
-            &self.status,
-            &fate_retry(),
-        )
-        .await
-        {
+        if let Err(err) = report::write_status(&self.docs(), &self.status, fate_budget()).await {
             tracing::warn!("recording the VM's fate in the status: {err}");
         }
         if let Some(fate) = e.vm {
@@ -214,7 +190,8 @@ impl Agent {
     }
 }
 
-/// The retry for the status writes around the delete: short, the VM may be going down.
-fn fate_retry() -> RetryPolicy {
-    RetryPolicy::default().with_deadline(Duration::from_secs(VM_FATE_STATUS_SECS))
+/// The budget of each status write around the delete, from when it starts: short, the
+/// VM may be going down.
+fn fate_budget() -> Budget {
+    Budget::within(Duration::from_secs(VM_FATE_STATUS_SECS))
 }

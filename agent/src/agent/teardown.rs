@@ -90,7 +90,7 @@ pub(super) enum Step {
     /// The delete request in the status, before the call: a delete that works ends this
     /// agent before anything after it can be written.
     RecordDeleteRequest,
-    /// Delete the VM ([`crate::vm::DELETE_ATTEMPTS`] calls with one `requestId`), noting
+    /// Delete the VM (one call, which the client retries with one `requestId`), noting
     /// its operation in the status; power it off when every delete fails.
     DeleteVm,
     /// Power the VM off without deleting it (its boot disk would go with it).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use cloudrun::run_store::RunStore;
 use cloudrun::spec::RunSpec;
 use cloudrun::status::{EndReason, RunStatus};
 use cloudrun::Layout;
@@ -108,6 +109,11 @@ pub(super) struct Agent {
 }
 
 impl Agent {
+    /// The run's documents in the store (status, stop request), typed.
+    pub(super) fn docs(&self) -> RunStore {
+        RunStore::new(self.deps.storage.clone(), self.deps.layout.clone())
+    }
+
     /// Read back what an earlier agent left in the store, start the background tasks
     /// and the watchers, and save the restart state.
     pub(super) async fn start(
@@ -239,8 +245,8 @@ impl Agent {
         crate::watch::stop_request::spawn(
             self.watchers.clone(),
             self.events_tx.clone(),
-            self.deps.storage.clone(),
-            self.deps.layout.stop_request(&self.spec.run_id),
+            self.docs(),
+            self.spec.run_id.clone(),
             every(intervals.stop_poll_secs),
         );
         if let Some(md) = self.deps.metadata.clone() {
@@ -261,8 +267,9 @@ async fn read_status(
     now: DateTime<Utc>,
 ) -> RunStatus {
     let run = &spec.run_id;
-    let mut status = match deps.storage.get_bytes(&deps.layout.status(run)).await {
-        Ok(b) => RunStatus::from_json(&String::from_utf8_lossy(&b)).ok(),
+    let docs = RunStore::new(deps.storage.clone(), deps.layout.clone());
+    let mut status = match docs.status(run).await {
+        Ok(s) => s.map(|s| s.doc),
         Err(_) => None,
     }
     .unwrap_or_else(|| {
@@ -358,7 +365,7 @@ impl Shipping {
             beat,
         );
         let (status_tx, status_task) =
-            report::spawn_status_writer(deps.storage.clone(), deps.layout.status(&spec.run_id));
+            report::spawn_status_writer(RunStore::new(deps.storage.clone(), deps.layout.clone()));
 
         Shipping {
             log_tx,

@@ -26,15 +26,8 @@ pub struct Gce {
 const NO_COMPUTE: &str = "VM check skipped: no project or credentials";
 
 impl Gce {
-    fn compute(&self) -> Result<(&dyn Compute, &str), RunsError> {
-        self.compute
-            .as_ref()
-            .map(|(c, p)| (c.as_ref(), p.as_str()))
-            .ok_or_else(|| {
-                RunsError::Other(
-                    "this needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
-                )
-            })
+    fn compute(&self) -> Option<(&dyn Compute, &str)> {
+        self.compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()))
     }
 }
 
@@ -276,7 +269,7 @@ impl Provider for Gce {
         let (p, z, n) = v
             .instance()
             .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
-        let (compute, _) = self.compute().map_err(|_| {
+        let (compute, _) = self.compute().ok_or_else(|| {
             RunsError::Other(
                 "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
             )
@@ -300,7 +293,9 @@ impl Provider for Gce {
     }
 
     async fn end_machine(&self, m: &Machine, why: &str) -> Result<String, String> {
-        let (compute, project) = self.compute().map_err(|e| e.to_string())?;
+        let (compute, project) = self.compute().ok_or_else(|| {
+            "this needs the Compute API: set GCLOUD_PROJECT and credentials".to_string()
+        })?;
         let (zone, name) = m
             .handle
             .split_once('/')
