@@ -1,5 +1,5 @@
-//! The run documents in the store, typed: the spec, the status and the stop request of a
-//! run, read and written over any [`Storage`] with one content type and one rule for
+//! The run documents in the store, typed: the spec, the status, the stop request, the
+//! GPU metrics and the log chunks of a run, read and written over any [`Storage`] with one content type and one rule for
 //! conditional writes. Every `status.json` the launcher or the agent writes goes through
 //! here; nothing else spells those keys or their JSON options.
 //!
@@ -15,11 +15,15 @@ use crate::layout::Layout;
 use crate::retry::Budget;
 use crate::run_id::RunId;
 use crate::spec::RunSpec;
-use crate::status::{RunStatus, StopRequest};
+use crate::status::{GpuSample, RunStatus, StopRequest};
 use crate::storage::{PutOptions, Storage, StorageError};
 
 /// The content type of every run document.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// The content type of a log chunk.
+pub const LOG_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// The content type of a metrics batch (JSON lines).
+pub const METRICS_CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// Why a run document could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +209,118 @@ impl RunStore {
     }
 }
 
+impl RunStore {
+    /// Write metrics batch `seq` (one JSON sample per line).
+    pub async fn put_metrics(
+        &self,
+        run: &RunId,
+        seq: u64,
+        samples: &[GpuSample],
+        budget: Budget,
+    ) -> Result<(), RunStoreError> {
+        let mut body = String::new();
+        for s in samples {
+            if let Ok(line) = serde_json::to_string(s) {
+                body.push_str(&line);
+                body.push('\n');
+            }
+        }
+        let opts = PutOptions::default()
+            .with_content_type(METRICS_CONTENT_TYPE)
+            .with_budget(budget);
+        self.put(self.layout.metrics_chunk(run, seq), body, opts)
+            .await
+    }
+
+    /// Every GPU sample of a run, in write order. Lines that do not parse are skipped
+    /// (a batch cut short by a dying VM still gives its whole lines).
+    pub async fn metrics(&self, run: &RunId) -> Result<Vec<GpuSample>, RunStoreError> {
+        let mut out = Vec::new();
+        for key in self.keys(&self.layout.metrics_prefix(run)).await? {
+            let Some(b) = self.get(&key).await? else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&b).lines() {
+                if let Ok(s) = serde_json::from_str::<GpuSample>(line) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write log chunk `seq` (the job's output, tagged by [`crate::joblog`]).
+    pub async fn put_log_chunk(
+        &self,
+        run: &RunId,
+        seq: u64,
+        data: Bytes,
+        budget: Budget,
+    ) -> Result<(), RunStoreError> {
+        let key = self.layout.log_chunk(run, seq);
+        let opts = PutOptions::default()
+            .with_content_type(LOG_CONTENT_TYPE)
+            .with_budget(budget);
+        self.storage
+            .put_bytes(&key, data, &opts)
+            .await
+            .map(|_| ())
+            .map_err(|source| RunStoreError::Storage {
+                what: "writing",
+                key,
+                source,
+            })
+    }
+
+    /// Whether log chunk `seq` is in the store.
+    pub async fn has_log_chunk(&self, run: &RunId, seq: u64) -> Result<bool, RunStoreError> {
+        let key = self.layout.log_chunk(run, seq);
+        match self.storage.head(&key).await {
+            Ok(m) => Ok(m.is_some()),
+            Err(source) => Err(RunStoreError::Storage {
+                what: "checking",
+                key,
+                source,
+            }),
+        }
+    }
+
+    /// The keys of the run's log chunks, in order.
+    pub async fn log_chunks(&self, run: &RunId) -> Result<Vec<String>, RunStoreError> {
+        self.keys(&self.layout.logs_prefix(run)).await
+    }
+
+    /// One log chunk by its key (from [`RunStore::log_chunks`]).
+    pub async fn log_chunk(&self, key: &str) -> Result<Bytes, RunStoreError> {
+        self.storage
+            .get_bytes(key)
+            .await
+            .map_err(|source| RunStoreError::Storage {
+                what: "reading",
+                key: key.to_string(),
+                source,
+            })
+    }
+
+    /// The keys under `prefix`, sorted (chunk keys sort in write order).
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, RunStoreError> {
+        let mut keys: Vec<String> = self
+            .storage
+            .list(prefix)
+            .await
+            .map_err(|source| RunStoreError::Storage {
+                what: "listing",
+                key: prefix.to_string(),
+                source,
+            })?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +384,61 @@ mod tests {
         };
         s.put_stop_request(&run, &req).await.unwrap();
         assert_eq!(s.stop_request(&run).await.unwrap(), Some(req));
+    }
+
+    #[tokio::test]
+    async fn metrics_and_log_chunks_come_back_in_write_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let run = RunId::parse("20261202-100000-ab12").unwrap();
+        let sample = |pct: f64| GpuSample {
+            at: at(),
+            gpus: vec![crate::status::GpuReading {
+                util_gpu_pct: Some(pct),
+                ..Default::default()
+            }],
+            error: None,
+        };
+        for seq in [1, 0, 10] {
+            s.put_metrics(&run, seq, &[sample(seq as f64)], Budget::once())
+                .await
+                .unwrap();
+        }
+        // A batch cut short by a dying VM still gives its whole lines.
+        s.storage
+            .put_bytes(
+                &s.layout.metrics_chunk(&run, 11),
+                Bytes::from_static(b"{\"at\":\"2026-12-02T10:00:00Z\",\"gpus\":[]}\n{\"at\":"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let got: Vec<Option<f64>> = s
+            .metrics(&run)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.gpus.first().and_then(|g| g.util_gpu_pct))
+            .collect();
+        assert_eq!(got, vec![Some(0.0), Some(1.0), Some(10.0), None]);
+
+        assert!(!s.has_log_chunk(&run, 0).await.unwrap());
+        for seq in [1, 0] {
+            s.put_log_chunk(
+                &run,
+                seq,
+                Bytes::from(format!("chunk {seq}\n")),
+                Budget::once(),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(s.has_log_chunk(&run, 1).await.unwrap());
+        let keys = s.log_chunks(&run).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            s.log_chunk(&keys[0]).await.unwrap(),
+            Bytes::from("chunk 0\n")
+        );
     }
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudrun::joblog::{self, Stream};
 use cloudrun::retry::Budget;
-use cloudrun::storage::PutOptions;
+use cloudrun::run_store::RunStore;
 use cloudrun::{Layout, RunId, Storage};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -138,7 +138,7 @@ pub struct Sending {
 /// upload finished after the last record. A missing or damaged cursor starts at 0 (the
 /// output is shipped again rather than lost).
 pub async fn resume_cursor(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     layout: &Layout,
     run: &RunId,
     path: &Path,
@@ -154,10 +154,13 @@ pub async fn resume_cursor(
         Err(_) => LogCursor::default(),
     };
     match cursor.sending {
-        Some(s) => match storage.head(&layout.log_chunk(run, s.seq)).await {
-            Ok(Some(_)) => s.offsets,
-            _ => cursor.shipped,
-        },
+        Some(s) => {
+            let docs = RunStore::new(Arc::clone(storage), layout.clone());
+            match docs.has_log_chunk(run, s.seq).await {
+                Ok(true) => s.offsets,
+                _ => cursor.shipped,
+            }
+        }
         None => cursor.shipped,
     }
 }
@@ -369,10 +372,8 @@ impl LogShipper {
                 offsets,
             }));
         }
-        let opts = PutOptions::default()
-            .with_content_type("text/plain; charset=utf-8")
-            .with_budget(budget);
-        let r = self.storage.put_bytes(&key, data, &opts).await;
+        let docs = RunStore::new(self.storage.clone(), self.layout.clone());
+        let r = docs.put_log_chunk(&self.run, self.seq, data, budget).await;
         match r {
             Ok(_) => {
                 self.pending.drain(..end);
@@ -657,6 +658,7 @@ mod tests {
     use super::*;
     use crate::clock::TokioClock;
     use cloudrun::storage::local::LocalStorage;
+    use cloudrun::storage::PutOptions;
 
     fn run() -> RunId {
         RunId::parse("20261126-071500-ab12").unwrap()
@@ -785,7 +787,7 @@ mod tests {
         let mut expected = vec![];
         let mut next = 0;
         for life in 0..3 {
-            let from = resume_cursor(storage.as_ref(), &layout, &run(), &cursor).await;
+            let from = resume_cursor(&storage, &layout, &run(), &cursor).await;
             let seq = next_seq(storage.as_ref(), &layout.logs_prefix(&run()), Utc::now()).await;
             let (tx, rx) = mpsc::channel(64);
             let shipper = LogShipper::new(
@@ -855,7 +857,7 @@ mod tests {
         };
         crate::transfer::save_json(&cursor, &c).unwrap();
         assert_eq!(
-            resume_cursor(storage.as_ref(), &layout, &run(), &cursor).await,
+            resume_cursor(&storage, &layout, &run(), &cursor).await,
             Offsets::default(),
             "chunk 4 never arrived: ship from the last record"
         );
@@ -868,12 +870,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            resume_cursor(storage.as_ref(), &layout, &run(), &cursor).await,
+            resume_cursor(&storage, &layout, &run(), &cursor).await,
             sent
         );
         std::fs::write(&cursor, "{torn").unwrap();
         assert_eq!(
-            resume_cursor(storage.as_ref(), &layout, &run(), &cursor).await,
+            resume_cursor(&storage, &layout, &run(), &cursor).await,
             Offsets::default()
         );
     }

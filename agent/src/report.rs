@@ -9,15 +9,12 @@
 //! it (one attempt for a heartbeat or a periodic batch, which the next tick repeats; a
 //! deadline for the last ones).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use cloudrun::retry::Budget;
 use cloudrun::run_store::{RunStore, RunStoreError};
 use cloudrun::status::{GpuSample, RunStatus};
-use cloudrun::storage::PutOptions;
-use cloudrun::{Layout, RunId, Storage};
+use cloudrun::RunId;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most samples in one metrics batch (an hour of 5 s samples would be 720): a batch is
@@ -76,8 +73,7 @@ pub enum MetricsMsg {
 
 /// Start the metrics shipper, writing batch `seq` next and shipping every `every`.
 pub fn spawn_metrics(
-    storage: Arc<dyn Storage>,
-    layout: Layout,
+    docs: RunStore,
     run: RunId,
     mut seq: u64,
     every: Duration,
@@ -88,28 +84,17 @@ pub fn spawn_metrics(
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ship = |buf: &Vec<GpuSample>, seq: u64, budget: Budget| {
-            let storage = storage.clone();
-            let key = layout.metrics_chunk(&run, seq);
-            let mut body = String::new();
-            for s in buf.iter() {
-                if let Ok(line) = serde_json::to_string(s) {
-                    body.push_str(&line);
-                    body.push('\n');
-                }
-            }
-            let n = buf.len();
+            let docs = docs.clone();
+            let run = run.clone();
+            let batch = buf.clone();
             async move {
-                if n == 0 {
+                if batch.is_empty() {
                     return Some(0);
                 }
-                let data = Bytes::from(body);
-                let opts = PutOptions::default()
-                    .with_content_type("application/x-ndjson")
-                    .with_budget(budget);
-                match storage.put_bytes(&key, data, &opts).await {
-                    Ok(_) => Some(n),
+                match docs.put_metrics(&run, seq, &batch, budget).await {
+                    Ok(()) => Some(batch.len()),
                     Err(e) => {
-                        tracing::debug!("metrics batch {key}: {e}");
+                        tracing::debug!("metrics batch {seq}: {e}");
                         None
                     }
                 }

@@ -205,27 +205,7 @@ impl Store {
 
     /// All GPU samples of a run, in write order. Lines that do not parse are skipped.
     pub async fn metrics(&self, run: &RunId) -> Result<Vec<GpuSample>, RunsError> {
-        let prefix = self.layout.metrics_prefix(run);
-        let mut objs = self
-            .storage
-            .list(&prefix)
-            .await
-            .map_err(st(format!("listing {prefix}")))?;
-        objs.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut out = Vec::new();
-        for o in objs {
-            let b = self
-                .storage
-                .get_bytes(&o.key)
-                .await
-                .map_err(st(format!("reading {}", o.key)))?;
-            for line in String::from_utf8_lossy(&b).lines() {
-                if let Ok(s) = serde_json::from_str::<GpuSample>(line) {
-                    out.push(s);
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.docs().metrics(run).await?)
     }
 }
 
@@ -921,26 +901,16 @@ async fn print_new_chunks(
     view: LogView,
     out: &mut dyn Write,
 ) -> Result<usize, RunsError> {
-    let prefix = store.layout.logs_prefix(run);
-    let mut objs = store
-        .storage
-        .list(&prefix)
-        .await
-        .map_err(st(format!("listing {prefix}")))?;
-    objs.sort_by(|a, b| a.key.cmp(&b.key));
+    let docs = store.docs();
     let mut n = 0;
-    for o in objs {
-        if seen.contains(&o.key) {
+    for key in docs.log_chunks(run).await? {
+        if seen.contains(&key) {
             continue;
         }
-        let b = store
-            .storage
-            .get_bytes(&o.key)
-            .await
-            .map_err(st(format!("reading {}", o.key)))?;
+        let b = docs.log_chunk(&key).await?;
         crate::logview::render_chunk(&b, view, out)?;
         out.flush()?;
-        seen.insert(o.key);
+        seen.insert(key);
         n += 1;
     }
     Ok(n)

@@ -316,13 +316,8 @@ impl Shipping {
         )
         .await;
         let cursor_path = settings.state_dir.join(logs::CURSOR_FILE_NAME);
-        let from = logs::resume_cursor(
-            deps.storage.as_ref(),
-            &deps.layout,
-            &spec.run_id,
-            &cursor_path,
-        )
-        .await;
+        let from =
+            logs::resume_cursor(&deps.storage, &deps.layout, &spec.run_id, &cursor_path).await;
         let metrics_seq = logs::next_seq(
             deps.storage.as_ref(),
             &deps.layout.metrics_prefix(&spec.run_id),
@@ -357,15 +352,10 @@ impl Shipping {
         let flush = Duration::from_secs(spec.policies.intervals.log_flush_secs);
         let log_task = tokio::spawn(shipper.run(log_rx, flush));
         let beat = Duration::from_secs(spec.policies.intervals.heartbeat_secs);
-        let (metrics_tx, metrics_task) = report::spawn_metrics(
-            deps.storage.clone(),
-            deps.layout.clone(),
-            spec.run_id.clone(),
-            metrics_seq,
-            beat,
-        );
-        let (status_tx, status_task) =
-            report::spawn_status_writer(RunStore::new(deps.storage.clone(), deps.layout.clone()));
+        let docs = RunStore::new(deps.storage.clone(), deps.layout.clone());
+        let (metrics_tx, metrics_task) =
+            report::spawn_metrics(docs.clone(), spec.run_id.clone(), metrics_seq, beat);
+        let (status_tx, status_task) = report::spawn_status_writer(docs);
 
         Shipping {
             log_tx,
