@@ -123,6 +123,17 @@ pub struct BucketInfo {
     /// `region`, `dual-region` or `multi-region`.
     #[serde(default)]
     pub location_type: String,
+    /// The two regions of a configurable dual-region.
+    #[serde(default)]
+    pub custom_placement_config: Option<PlacementInfo>,
+}
+
+/// `customPlacementConfig` of a configurable dual-region bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementInfo {
+    #[serde(default)]
+    pub data_locations: Vec<String>,
 }
 
 /// One bucket through the GCS JSON API. Cheap to clone (the HTTP client and token
@@ -341,7 +352,10 @@ impl GcsStorage {
 
     /// `buckets.get`: the bucket's location, or `None` when it does not exist.
     pub async fn get_bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
-        let url = format!("{}/b/{}", self.endpoint.json_base, self.bucket);
+        let url = format!(
+            "{}/b/{}?fields=name,location,locationType,customPlacementConfig",
+            self.endpoint.json_base, self.bucket
+        );
         let what = format!("gs://{}", self.bucket);
         let mut ctx = self.context(Budget::default(), format!("get bucket {what}"));
         match self
@@ -1118,16 +1132,15 @@ impl Storage for GcsStorage {
         }
     }
 
+    /// The bucket's place, from the same `buckets.get` as [`GcsStorage::get_bucket`]; a
+    /// bucket that does not exist is an error naming it.
     async fn bucket_location(&self) -> Result<Option<crate::prices::BucketPlace>, StorageError> {
-        let url = format!(
-            "{}/b/{}?fields=location,locationType,customPlacementConfig",
-            self.endpoint.json_base, self.bucket
-        );
-        let what = format!("bucket {}", self.bucket);
-        let mut ctx = self.context(Budget::default(), format!("get {what}"));
-        let b: BucketJson = self
-            .execute_json(&mut ctx, &what, Method::GET, &url, "bucket", |rb| rb)
-            .await?;
+        let b = self
+            .get_bucket()
+            .await?
+            .ok_or_else(|| StorageError::NotFound {
+                key: format!("gs://{}", self.bucket),
+            })?;
         Ok(Some(crate::prices::BucketPlace {
             location: b.location.to_ascii_uppercase(),
             location_type: b.location_type,
@@ -1137,23 +1150,4 @@ impl Storage for GcsStorage {
                 .unwrap_or_default(),
         }))
     }
-}
-
-/// The Bucket resource fields `buckets.get` is asked for.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BucketJson {
-    #[serde(default)]
-    location: String,
-    #[serde(default)]
-    location_type: String,
-    #[serde(default)]
-    custom_placement_config: Option<PlacementJson>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PlacementJson {
-    #[serde(default)]
-    data_locations: Vec<String>,
 }
