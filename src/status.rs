@@ -85,40 +85,48 @@ pub enum EndReason {
     AgentError,
 }
 
+/// What is derived from an end reason: one row each, in [`EndReason::row`].
+struct EndRow {
+    /// Exit code of `cloudrun-launch --follow` / `logs -f` (and of the agent), so scripts
+    /// can branch on it: 0 only for success.
+    exit_code: i32,
+    /// A short phrase for tables and receipts.
+    describe: &'static str,
+}
+
 impl EndReason {
+    /// The row of this reason: adding a reason is adding its variant and its row.
+    fn row(self) -> EndRow {
+        let row = |exit_code, describe| EndRow {
+            exit_code,
+            describe,
+        };
+        match self {
+            EndReason::Succeeded => row(0, "job succeeded"),
+            EndReason::Failed => row(1, "job failed"),
+            EndReason::SetupFailed => row(3, "setup failed"),
+            EndReason::PullFailed => row(3, "code pull failed"),
+            EndReason::GpuIdle => row(4, "GPU idle"),
+            EndReason::Stalled => row(4, "stalled (no output)"),
+            EndReason::Budget => row(5, "budget spent"),
+            EndReason::MaxTime => row(5, "time limit reached"),
+            EndReason::Preempted => row(6, "preempted"),
+            EndReason::Stopped => row(7, "stopped on request"),
+            EndReason::Lost => row(8, "job lost (agent restarted)"),
+            EndReason::AgentError => row(8, "agent error"),
+            EndReason::GpuUnavailable => row(9, "GPUs unavailable"),
+        }
+    }
+
     /// Exit code of `cloudrun-launch --follow` / `status --wait` for a run that ended this
     /// way, so scripts can branch on it: 0 only for success.
     pub fn exit_code(self) -> i32 {
-        match self {
-            EndReason::Succeeded => 0,
-            EndReason::Failed => 1,
-            EndReason::SetupFailed | EndReason::PullFailed => 3,
-            EndReason::GpuIdle | EndReason::Stalled => 4,
-            EndReason::Budget | EndReason::MaxTime => 5,
-            EndReason::Preempted => 6,
-            EndReason::Stopped => 7,
-            EndReason::Lost | EndReason::AgentError => 8,
-            EndReason::GpuUnavailable => 9,
-        }
+        self.row().exit_code
     }
 
     /// A short phrase for tables and receipts.
     pub fn describe(self) -> &'static str {
-        match self {
-            EndReason::Succeeded => "job succeeded",
-            EndReason::Failed => "job failed",
-            EndReason::GpuIdle => "GPU idle",
-            EndReason::Stalled => "stalled (no output)",
-            EndReason::Budget => "budget spent",
-            EndReason::MaxTime => "time limit reached",
-            EndReason::Preempted => "preempted",
-            EndReason::Stopped => "stopped on request",
-            EndReason::SetupFailed => "setup failed",
-            EndReason::PullFailed => "code pull failed",
-            EndReason::GpuUnavailable => "GPUs unavailable",
-            EndReason::Lost => "job lost (agent restarted)",
-            EndReason::AgentError => "agent error",
-        }
+        self.row().describe
     }
 }
 
