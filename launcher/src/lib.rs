@@ -597,14 +597,10 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             };
             let id = store.resolve(run, &settings.project_dir).await?;
             let poll = Duration::from_secs(runs::LOG_POLL_SECS);
-            let record = settings
-                .data_dir
-                .as_deref()
-                .and_then(|d| local::record_for(d, &id));
-            let end = match (&record, *follow) {
-                (Some(r), true) => {
-                    let alive = || r.alive();
-                    runs::follow_logs(&store, &id, poll, Some(&alive), view, out).await?
+            let p = open_provider(&settings, ctx, NeedCompute::No).await?;
+            let end = match (p.liveness(&id), *follow) {
+                (Some(alive), true) => {
+                    runs::follow_logs(&store, &id, poll, Some(alive.as_ref()), view, out).await?
                 }
                 _ => runs::logs(&store, &id, *follow, poll, view, out).await?,
             };

@@ -195,6 +195,11 @@ impl Provider for Gce {
         Ok(code)
     }
 
+    /// A VM's agent writes its heartbeat; the status tells.
+    fn liveness(&self, _run: &cloudrun::RunId) -> Option<super::Liveness> {
+        None
+    }
+
     async fn machines(&self) -> Result<Vec<Machine>, RunsError> {
         let Some((c, project)) = &self.compute else {
             return Err(RunsError::Other(NO_COMPUTE.into()));

@@ -13,7 +13,7 @@ use cloudrun::run_store::RunStore;
 use cloudrun::status::{EndInfo, EndReason, Phase, RunStatus, VmFate};
 use cloudrun::RunId;
 
-use super::{Inspection, LaunchRequest, Machine, Provider, Words};
+use super::{Inspection, LaunchRequest, Liveness, Machine, Provider, Words};
 use crate::local::AgentRecord;
 use crate::runs::{self, RunView, RunsError, Store};
 
@@ -174,6 +174,12 @@ impl Provider for Local {
         let (code, _) = crate::follow_run(&store, id, Some(&alive), true, view, out).await?;
         crate::pull_outputs(&store, id, &plan.project_dir, out).await?;
         Ok(code)
+    }
+
+    /// The agent's record: a dead agent writes no end.
+    fn liveness(&self, run: &RunId) -> Option<Liveness> {
+        let rec = self.record(run)?;
+        Some(Box::new(move || rec.alive()))
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, RunsError> {

@@ -58,6 +58,9 @@ pub struct Words {
     pub command: &'static str,
 }
 
+/// Whether a run's machine still runs (see [`Provider::liveness`]).
+pub type Liveness = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// What a launch needs beyond the provider: the invocation.
 pub struct LaunchRequest<'a> {
     pub cli: &'a crate::cli::Cli,
@@ -88,6 +91,10 @@ pub trait Provider {
         req: &LaunchRequest<'_>,
         out: &mut (dyn Write + Send),
     ) -> Result<i32, crate::Error>;
+
+    /// A check that the run's machine still runs, for `logs -f` to stop waiting for an
+    /// end that will never be written; `None` when only the run's status can tell.
+    fn liveness(&self, run: &cloudrun::RunId) -> Option<Liveness>;
 
     /// Every machine of ours, or why they cannot be listed (`VM check skipped: …`).
     async fn machines(&self) -> Result<Vec<Machine>, RunsError>;
