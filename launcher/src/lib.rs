@@ -622,7 +622,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
             let store = open_store(&settings, ctx).await?;
             let id = store.resolve(run, &settings.project_dir).await?;
             let need = if *at_once {
-                NeedCompute::Yes
+                NeedCompute::ForRun
             } else {
                 NeedCompute::No
             };
@@ -638,7 +638,7 @@ pub async fn run(cli: Cli, ctx: &Context<'_>, out: &mut (dyn Write + Send)) -> R
         }
         Some(Command::Sweep { yes }) => {
             let store = open_store(&settings, ctx).await?;
-            let p = open_provider(&settings, ctx, NeedCompute::Yes).await?;
+            let p = open_provider(&settings, ctx, NeedCompute::ForProject).await?;
             runs::sweep(&store, p.as_ref(), *yes, now, out).await?;
             Ok(0)
         }
@@ -755,15 +755,17 @@ async fn open_provider(
             data_dir: settings.data_dir.clone(),
         }));
     }
+    let project = plan::project(settings).ok();
     let compute = match compute {
         NeedCompute::No => None,
-        NeedCompute::IfAvailable => ctx.optional_compute(settings).await,
-        NeedCompute::Yes => {
-            let project = plan::project(settings)?;
-            Some((ctx.compute(ctx.tokens(settings).await?)?, project))
+        NeedCompute::IfAvailable => ctx.optional_compute(settings).await.map(|(c, _)| c),
+        NeedCompute::ForRun => Some(ctx.compute(ctx.tokens(settings).await?)?),
+        NeedCompute::ForProject => {
+            plan::project(settings)?;
+            Some(ctx.compute(ctx.tokens(settings).await?)?)
         }
     };
-    Ok(Box::new(provider::gce::Gce { compute }))
+    Ok(Box::new(provider::gce::Gce { compute, project }))
 }
 
 /// How much a command needs the Compute API.
@@ -773,6 +775,8 @@ enum NeedCompute {
     No,
     /// For read-only checks, which are skipped (with a note) without it.
     IfAvailable,
-    /// It cannot work without it.
-    Yes,
+    /// It cannot work without it, for a run whose status names its VM's project.
+    ForRun,
+    /// It cannot work without it, for the whole project (`GCLOUD_PROJECT`).
+    ForProject,
 }

@@ -398,6 +398,19 @@ async fn stop_now_names_the_run_it_ends_and_deletes_only_its_vm() {
     assert_eq!(deletes(&w.emu), ["us-central1-a/cr-healthy"]);
 }
 
+/// `stop --now` needs credentials but not `GCLOUD_PROJECT`: the run's status names the
+/// project of its VM. `sweep`, which lists the whole project, does need it.
+#[tokio::test]
+async fn stop_now_finds_the_vm_by_the_project_its_run_names() {
+    let mut w = world().await;
+    w.inv.env.remove("GCLOUD_PROJECT");
+    let (code, out) = w.inv.cmd(&["stop", HEALTHY, "--now"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(deletes(&w.emu), ["us-central1-a/cr-healthy"]);
+    let err = w.inv.try_cmd(&["sweep"]).await.unwrap_err();
+    assert!(err.to_string().contains("GCLOUD_PROJECT"), "{err}");
+}
+
 /// A run whose `status.json` is unreadable is not taken for a VM without a status: its
 /// agent may be healthy. `sweep` leaves its VM alone and still sweeps the others, and
 /// `ls` shows the run as broken beside its live VM.

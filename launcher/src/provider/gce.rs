@@ -16,22 +16,24 @@ use cloudrun::status::RunStatus;
 use super::{Inspection, LaunchRequest, Machine, Provider, Words};
 use crate::runs::{self, RunView, RunsError, Store};
 
-/// VMs in one project. `compute` is `None` when this command has no project or
-/// credentials: listing and inspecting then say so, and the store still answers.
+/// VMs in one project. `compute` is `None` when this command has no credentials, and
+/// `project` when no project is set: listing then says so (a run's own VM is still found
+/// by the project its status names), and the store still answers.
 pub struct Gce {
-    pub compute: Option<(Arc<dyn Compute>, String)>,
+    pub compute: Option<Arc<dyn Compute>>,
+    pub project: Option<String>,
 }
 
 /// Message when the Compute API cannot be reached for lack of settings.
 const NO_COMPUTE: &str = "VM check skipped: no project or credentials";
 
 impl Gce {
-    fn compute(&self) -> Option<(&dyn Compute, &str)> {
-        self.compute.as_ref().map(|(c, p)| (c.as_ref(), p.as_str()))
+    fn compute(&self) -> Option<&dyn Compute> {
+        self.compute.as_deref()
     }
 }
 
-fn machine(i: &Instance) -> Machine {
+fn machine(project: &str, i: &Instance) -> Machine {
     Machine {
         run: i
             .labels
@@ -44,7 +46,7 @@ fn machine(i: &Instance) -> Machine {
         created_at: DateTime::parse_from_rfc3339(&i.creation_timestamp)
             .ok()
             .map(|t| t.with_timezone(&Utc)),
-        handle: format!("{}/{}", i.zone_name(), i.name),
+        handle: format!("{project}/{}/{}", i.zone_name(), i.name),
     }
 }
 
@@ -201,7 +203,7 @@ impl Provider for Gce {
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, RunsError> {
-        let Some((c, project)) = &self.compute else {
+        let (Some(c), Some(project)) = (&self.compute, &self.project) else {
             return Err(RunsError::Other(NO_COMPUTE.into()));
         };
         let filter = format!("labels.{LABEL_MANAGED} = true");
@@ -212,12 +214,12 @@ impl Provider for Gce {
                 what: "VM check failed".into(),
                 source,
             })?;
-        Ok(vms.iter().map(machine).collect())
+        Ok(vms.iter().map(|i| machine(project, i)).collect())
     }
 
     async fn inspect(&self, v: &RunView) -> Inspection {
         let vm: Result<Option<Instance>, String> = match (&self.compute, v.instance()) {
-            (Some((c, _)), Some((p, z, n))) => c
+            (Some(c), Some((p, z, n))) => c
                 .get_instance(&p, &z, &n)
                 .await
                 .map_err(|e| format!("VM check failed: {e}")),
@@ -274,7 +276,7 @@ impl Provider for Gce {
         let (p, z, n) = v
             .instance()
             .ok_or_else(|| RunsError::NoInstance(run.clone()))?;
-        let (compute, _) = self.compute().ok_or_else(|| {
+        let compute = self.compute().ok_or_else(|| {
             RunsError::Other(
                 "stop --now needs the Compute API: set GCLOUD_PROJECT and credentials".into(),
             )
@@ -298,13 +300,14 @@ impl Provider for Gce {
     }
 
     async fn end_machine(&self, m: &Machine, why: &str) -> Result<String, String> {
-        let (compute, project) = self.compute().ok_or_else(|| {
-            "this needs the Compute API: set GCLOUD_PROJECT and credentials".to_string()
-        })?;
-        let (zone, name) = m
-            .handle
-            .split_once('/')
-            .ok_or_else(|| format!("no zone in {}", m.handle))?;
+        let compute = self
+            .compute()
+            .ok_or_else(|| "this needs the Compute API: set credentials".to_string())?;
+        let mut parts = m.handle.splitn(3, '/');
+        let (Some(project), Some(zone), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("no project and zone in {}", m.handle));
+        };
         let rid = uuid::Uuid::new_v4().to_string();
         match compute.delete_instance(project, zone, name, &rid).await {
             Ok(_) => Ok(format!("deleting {name} in {zone} ({why})")),
@@ -368,11 +371,11 @@ mod tests {
             creation_timestamp: "2026-11-26T08:00:00.000-07:00".into(),
             ..Instance::default()
         };
-        let m = machine(&i);
+        let m = machine("p", &i);
         assert_eq!(m.run, "?cr-1");
         assert_eq!(m.describe, "cr-1 RUNNING (us-central1-a)");
         assert_eq!(m.label, "cr-1 in us-central1-a");
-        assert_eq!(m.handle, "us-central1-a/cr-1");
+        assert_eq!(m.handle, "p/us-central1-a/cr-1");
         assert!(m.up);
         assert_eq!(
             m.created_at,
@@ -380,6 +383,6 @@ mod tests {
         );
         i.labels
             .insert(LABEL_RUN.into(), "20261126-071500-ab12".into());
-        assert_eq!(machine(&i).run, "20261126-071500-ab12");
+        assert_eq!(machine("p", &i).run, "20261126-071500-ab12");
     }
 }
