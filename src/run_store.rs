@@ -33,7 +33,7 @@ pub enum RunStoreError {
         what: &'static str,
         key: String,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     /// The document exists but does not parse: named, so that one broken document does
     /// not hide the rest of the run.
@@ -72,7 +72,7 @@ impl RunStore {
             .map_err(|source| RunStoreError::Storage {
                 what: "writing",
                 key,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -84,7 +84,7 @@ impl RunStore {
             Err(source) => Err(RunStoreError::Storage {
                 what: "reading",
                 key: key.to_string(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -144,10 +144,11 @@ impl RunStore {
             .await
         {
             Ok(()) => Ok(true),
-            Err(RunStoreError::Storage {
-                source: StorageError::PreconditionFailed { .. },
-                ..
-            }) => Ok(false),
+            Err(RunStoreError::Storage { source, .. })
+                if matches!(*source, StorageError::PreconditionFailed { .. }) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -162,7 +163,7 @@ impl RunStore {
                 return Err(RunStoreError::Storage {
                     what: "checking",
                     key,
-                    source,
+                    source: Box::new(source),
                 })
             }
         };
@@ -179,6 +180,19 @@ impl RunStore {
             doc,
             generation: meta.generation,
         }))
+    }
+
+    /// The run's status alone (one read), `None` when absent.
+    pub async fn status_doc(&self, run: &RunId) -> Result<Option<RunStatus>, RunStoreError> {
+        let Some(b) = self.get(&self.layout.status(run)).await? else {
+            return Ok(None);
+        };
+        RunStatus::from_json(&String::from_utf8_lossy(&b))
+            .map(Some)
+            .map_err(|e| RunStoreError::Unreadable {
+                name: "status.json",
+                detail: e.to_string(),
+            })
     }
 
     /// Ask the run's agent to stop (`runs/<id>/control/stop.json`).
@@ -268,7 +282,7 @@ impl RunStore {
             .map_err(|source| RunStoreError::Storage {
                 what: "writing",
                 key,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -280,7 +294,7 @@ impl RunStore {
             Err(source) => Err(RunStoreError::Storage {
                 what: "checking",
                 key,
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -298,7 +312,7 @@ impl RunStore {
             .map_err(|source| RunStoreError::Storage {
                 what: "reading",
                 key: key.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -311,7 +325,7 @@ impl RunStore {
             .map_err(|source| RunStoreError::Storage {
                 what: "listing",
                 key: prefix.to_string(),
-                source,
+                source: Box::new(source),
             })?
             .into_iter()
             .map(|o| o.key)

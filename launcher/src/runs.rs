@@ -135,9 +135,7 @@ impl Store {
                 }
             }
             let mut ignored = Vec::new();
-            let spec: Option<RunSpec> = self
-                .get_doc(&self.layout.spec(id), "spec.json", &mut ignored)
-                .await?;
+            let spec = Self::tolerate(self.docs().spec(id).await, &mut ignored)?;
             let Some(spec) = spec else { continue };
             if spec.origin.is_none_or(|o| o.project_dir != here) {
                 continue;
@@ -157,25 +155,20 @@ impl Store {
         })
     }
 
-    /// A JSON document, `None` when absent. One that does not parse is `None` too, with
+    /// A run document, `None` when absent. One that does not parse is `None` too, with
     /// what is wrong pushed onto `problems`: one broken document must not hide the rest
     /// of the run (its logs, outputs, metrics) or the other runs.
-    async fn get_doc<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-        name: &str,
+    fn tolerate<T>(
+        read: Result<Option<T>, RunStoreError>,
         problems: &mut Vec<String>,
-    ) -> Result<Option<T>, RunsError> {
-        match self.storage.get_bytes(key).await {
-            Ok(b) => match serde_json::from_slice(&b) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) => {
-                    problems.push(format!("{name} is unreadable ({e})"));
-                    Ok(None)
-                }
-            },
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(st(format!("reading {key}"))(e)),
+    ) -> Result<Option<T>, RunStoreError> {
+        match read {
+            Ok(v) => Ok(v),
+            Err(e @ RunStoreError::Unreadable { .. }) => {
+                problems.push(e.to_string());
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -183,12 +176,9 @@ impl Store {
     /// [`RunView::problems`]); an error only when the run has neither object at all.
     pub async fn load(&self, run: &RunId) -> Result<RunView, RunsError> {
         let mut problems = Vec::new();
-        let status: Option<RunStatus> = self
-            .get_doc(&self.layout.status(run), "status.json", &mut problems)
-            .await?;
-        let spec: Option<RunSpec> = self
-            .get_doc(&self.layout.spec(run), "spec.json", &mut problems)
-            .await?;
+        let docs = self.docs();
+        let status = Self::tolerate(docs.status_doc(run).await, &mut problems)?;
+        let spec = Self::tolerate(docs.spec(run).await, &mut problems)?;
         if status.is_none() && spec.is_none() && problems.is_empty() {
             return Err(RunsError::NoSuchRun {
                 run: run.to_string(),
