@@ -1,5 +1,5 @@
-//! The run documents in the store, typed: the spec, the status, the stop request, the
-//! GPU metrics and the log chunks of a run, read and written over any [`Storage`] with one content type and one rule for
+//! The run documents in the store, typed: the spec, the code manifest, the status, the
+//! stop request, the GPU metrics and the log chunks of a run, read and written over any [`Storage`] with one content type and one rule for
 //! conditional writes. Every `status.json` the launcher or the agent writes goes through
 //! here; nothing else spells those keys or their JSON options.
 //!
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::layout::Layout;
+use crate::manifest::Manifest;
 use crate::retry::Budget;
 use crate::run_id::RunId;
 use crate::spec::RunSpec;
@@ -191,6 +192,29 @@ impl RunStore {
             .map(Some)
             .map_err(|e| RunStoreError::Unreadable {
                 name: "status.json",
+                detail: e.to_string(),
+            })
+    }
+
+    /// Write the run's code manifest (after every blob it names is in the store).
+    pub async fn put_manifest(
+        &self,
+        run: &RunId,
+        manifest: &Manifest,
+    ) -> Result<(), RunStoreError> {
+        self.put(self.layout.manifest(run), manifest.to_json(), json_opts())
+            .await
+    }
+
+    /// The run's code manifest, checked ([`Manifest::from_json`] validates every path).
+    pub async fn manifest(&self, run: &RunId) -> Result<Option<Manifest>, RunStoreError> {
+        let Some(b) = self.get(&self.layout.manifest(run)).await? else {
+            return Ok(None);
+        };
+        Manifest::from_json(&String::from_utf8_lossy(&b))
+            .map(Some)
+            .map_err(|e| RunStoreError::Unreadable {
+                name: "manifest.json",
                 detail: e.to_string(),
             })
     }
@@ -453,6 +477,39 @@ mod tests {
         assert_eq!(
             s.log_chunk(&keys[0]).await.unwrap(),
             Bytes::from("chunk 0\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_comes_back_checked_and_one_that_escapes_is_refused_by_name() {
+        use crate::manifest::{ManifestEntry, MANIFEST_SCHEMA};
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let run = RunId::parse("20261202-100000-ab12").unwrap();
+        assert!(s.manifest(&run).await.unwrap().is_none());
+        let entry = |path: &str| ManifestEntry {
+            path: path.into(),
+            size: 0,
+            mode: 0o644,
+            sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+            link: None,
+        };
+        let m = Manifest {
+            schema: MANIFEST_SCHEMA,
+            created_at: at(),
+            entries: vec![entry("main.py")],
+        };
+        s.put_manifest(&run, &m).await.unwrap();
+        assert_eq!(s.manifest(&run).await.unwrap(), Some(m.clone()));
+        let bad = Manifest {
+            entries: vec![entry("../escape.py")],
+            ..m
+        };
+        s.put_manifest(&run, &bad).await.unwrap();
+        let e = s.manifest(&run).await.unwrap_err();
+        assert!(
+            e.to_string().starts_with("manifest.json is unreadable"),
+            "{e}"
         );
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cloudrun::retry::Budget;
+use cloudrun::run_store::RunStore;
 use cloudrun::sync::{self, MirrorState};
 use cloudrun::{Layout, RunId, Storage};
 use tokio::sync::Mutex;
@@ -71,10 +72,17 @@ pub struct ManifestCode {
 #[async_trait]
 impl CodeSource for ManifestCode {
     async fn pull(&self, dest: &Path) -> Result<String, String> {
-        let key = self.layout.manifest(&self.run);
-        let manifest = sync::fetch_manifest(self.storage.as_ref(), &key)
+        let docs = RunStore::new(self.storage.clone(), self.layout.clone());
+        let manifest = docs
+            .manifest(&self.run)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| format!("reading the code manifest: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "the run has no code manifest ({} is missing)",
+                    self.layout.manifest(&self.run)
+                )
+            })?;
         // materialise's future is not provably `Send` (a higher-ranked closure inside it),
         // so it runs to completion on a blocking thread of this runtime instead of being
         // polled across the async_trait boundary.

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cloudrun::run_store::RunStore;
 use cloudrun::storage::Storage;
-use cloudrun::sync::{push_tree, scan_tree, PushOptions, ScanOptions};
+use cloudrun::sync::{push_blobs, scan_tree, PushOptions, ScanOptions};
 use sha2::Digest;
 
 use crate::launch::{CodePusher, LaunchError, PushSummary};
@@ -55,12 +56,10 @@ impl SyncPusher {
         if let Some(note) = &tree.ignored_note {
             tracing::info!("{note}");
         }
-        let key = layout.manifest(run);
-        let report = push_tree(
-            storage,
+        let report = push_blobs(
+            storage.clone(),
             layout,
             &tree,
-            &key,
             &PushOptions {
                 concurrency: PUSH_CONCURRENCY,
                 progress: self.progress,
@@ -68,6 +67,9 @@ impl SyncPusher {
         )
         .await
         .map_err(|e| LaunchError::Push(format!("{e:#}")))?;
+        RunStore::new(storage, layout.clone())
+            .put_manifest(run, &report.manifest)
+            .await?;
         Ok(PushSummary {
             files: report.files as u64,
             total_bytes: report.total_bytes,

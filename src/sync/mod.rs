@@ -35,7 +35,7 @@ pub use mirror::{
     mirror_dir, mirror_dir_within, pull_prefix, MirrorReport, MirrorState, MirroredFile,
     PullReport, MIRROR_STATE_SCHEMA,
 };
-pub use push::{push_tree, PushOptions, PushReport, HEAD_PROBE_MAX_BLOBS};
+pub use push::{push_blobs, push_tree, PushOptions, PushReport, HEAD_PROBE_MAX_BLOBS};
 pub use scan::{scan_tree, ScanOptions, ScannedFile, ScannedTree, CLOUDRUN_IGNORE_FILE};
 
 /// Parallel transfers when the caller has no better idea: enough to hide per-request

@@ -78,11 +78,33 @@ struct Upload<'a> {
 }
 
 /// Upload the blobs of `tree` that the store lacks, then the manifest to `manifest_key`.
+/// (A run's code manifest goes through [`crate::run_store::RunStore::put_manifest`]
+/// instead, after [`push_blobs`].)
 pub async fn push_tree(
     storage: Arc<dyn Storage>,
     layout: &Layout,
     tree: &ScannedTree,
     manifest_key: &str,
+    opts: &PushOptions,
+) -> Result<PushReport, SyncError> {
+    let report = push_blobs(storage.clone(), layout, tree, opts).await?;
+    storage
+        .put_bytes(
+            manifest_key,
+            Bytes::from(report.manifest.to_json()),
+            &PutOptions::default().with_content_type(crate::run_store::JSON_CONTENT_TYPE),
+        )
+        .await
+        .map_err(|e| SyncError::storage(format!("writing the manifest {manifest_key}"), e))?;
+    Ok(report)
+}
+
+/// Upload the blobs of `tree` that the store lacks; the manifest that names them is
+/// returned, for the caller to write once every blob is in.
+pub async fn push_blobs(
+    storage: Arc<dyn Storage>,
+    layout: &Layout,
+    tree: &ScannedTree,
     opts: &PushOptions,
 ) -> Result<PushReport, SyncError> {
     let manifest = tree.manifest();
@@ -146,16 +168,7 @@ pub async fn push_tree(
     // Someone else wrote these between our look and our write: present after all.
     let blobs_present = blobs_present + sent.iter().filter(|s| s.is_none()).count();
 
-    let json = manifest.to_json();
-    let manifest_bytes = json.len() as u64;
-    storage
-        .put_bytes(
-            manifest_key,
-            Bytes::from(json),
-            &PutOptions::default().with_content_type("application/json"),
-        )
-        .await
-        .map_err(|e| SyncError::storage(format!("writing the manifest {manifest_key}"), e))?;
+    let manifest_bytes = manifest.to_json().len() as u64;
 
     Ok(PushReport {
         files: manifest.entries.len(),
