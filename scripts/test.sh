@@ -13,6 +13,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --locked -p cloudrun-agent --bin cloudrun-agent
 export CLOUDRUN_AGENT_BINARY=$PWD/target/debug/cloudrun-agent
 
+# Most tests wait on timers, child processes and emulators rather than on the CPU, so they
+# run more at a time than there are cores (measured on 2 cores: the whole-flow suites in
+# 94 s each instead of 180-196 s, the agent's unit tests in 11 s instead of 48 s).
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-6}
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
