@@ -1,6 +1,6 @@
 //! Where a run's machine lives: one trait that every kind implements (a Compute Engine VM
 //! in [`gce`], a detached agent on this machine in [`local`]), chosen once from the
-//! settings by [`crate::open_provider`]. `launch`, `status`, `ls`, `stop` and `sweep`
+//! settings by `open_provider` in the crate root. `launch`, `status`, `ls`, `stop` and `sweep`
 //! are written once, in [`crate::runs`], against this trait; a new kind is one more
 //! module here and its line in `open_provider`.
 //!
