@@ -90,6 +90,25 @@ impl RunStore {
         }
     }
 
+    /// The document at `key` parsed by `parse`, `None` when absent; one that does not
+    /// parse is [`RunStoreError::Unreadable`] under `name`.
+    async fn get_doc<T, E: std::fmt::Display>(
+        &self,
+        key: &str,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, RunStoreError> {
+        let Some(b) = self.get(key).await? else {
+            return Ok(None);
+        };
+        parse(&String::from_utf8_lossy(&b))
+            .map(Some)
+            .map_err(|e| RunStoreError::Unreadable {
+                name,
+                detail: e.to_string(),
+            })
+    }
+
     /// Write the run's spec (`runs/<id>/spec.json`), replacing any earlier one.
     pub async fn put_spec(&self, spec: &RunSpec) -> Result<(), RunStoreError> {
         self.put(self.layout.spec(&spec.run_id), spec.to_json(), json_opts())
@@ -98,15 +117,8 @@ impl RunStore {
 
     /// The run's spec, `None` when absent.
     pub async fn spec(&self, run: &RunId) -> Result<Option<RunSpec>, RunStoreError> {
-        let Some(b) = self.get(&self.layout.spec(run)).await? else {
-            return Ok(None);
-        };
-        RunSpec::from_json(&String::from_utf8_lossy(&b))
-            .map(Some)
-            .map_err(|e| RunStoreError::Unreadable {
-                name: "spec.json",
-                detail: e.to_string(),
-            })
+        self.get_doc(&self.layout.spec(run), "spec.json", RunSpec::from_json)
+            .await
     }
 
     /// Write the run's status, replacing whatever is there.
@@ -168,15 +180,9 @@ impl RunStore {
                 })
             }
         };
-        let Some(b) = self.get(&key).await? else {
+        let Some(doc) = self.status_doc(run).await? else {
             return Ok(None);
         };
-        let doc = RunStatus::from_json(&String::from_utf8_lossy(&b)).map_err(|e| {
-            RunStoreError::Unreadable {
-                name: "status.json",
-                detail: e.to_string(),
-            }
-        })?;
         Ok(Some(Versioned {
             doc,
             generation: meta.generation,
@@ -185,15 +191,12 @@ impl RunStore {
 
     /// The run's status alone (one read), `None` when absent.
     pub async fn status_doc(&self, run: &RunId) -> Result<Option<RunStatus>, RunStoreError> {
-        let Some(b) = self.get(&self.layout.status(run)).await? else {
-            return Ok(None);
-        };
-        RunStatus::from_json(&String::from_utf8_lossy(&b))
-            .map(Some)
-            .map_err(|e| RunStoreError::Unreadable {
-                name: "status.json",
-                detail: e.to_string(),
-            })
+        self.get_doc(
+            &self.layout.status(run),
+            "status.json",
+            RunStatus::from_json,
+        )
+        .await
     }
 
     /// Write the run's code manifest (after every blob it names is in the store).
@@ -208,15 +211,12 @@ impl RunStore {
 
     /// The run's code manifest, checked ([`Manifest::from_json`] validates every path).
     pub async fn manifest(&self, run: &RunId) -> Result<Option<Manifest>, RunStoreError> {
-        let Some(b) = self.get(&self.layout.manifest(run)).await? else {
-            return Ok(None);
-        };
-        Manifest::from_json(&String::from_utf8_lossy(&b))
-            .map(Some)
-            .map_err(|e| RunStoreError::Unreadable {
-                name: "manifest.json",
-                detail: e.to_string(),
-            })
+        self.get_doc(
+            &self.layout.manifest(run),
+            "manifest.json",
+            Manifest::from_json,
+        )
+        .await
     }
 
     /// Ask the run's agent to stop (`runs/<id>/control/stop.json`).
@@ -235,15 +235,10 @@ impl RunStore {
 
     /// The stop request of the run, `None` when nobody asked.
     pub async fn stop_request(&self, run: &RunId) -> Result<Option<StopRequest>, RunStoreError> {
-        let Some(b) = self.get(&self.layout.stop_request(run)).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| RunStoreError::Unreadable {
-                name: "control/stop.json",
-                detail: e.to_string(),
-            })
+        self.get_doc(&self.layout.stop_request(run), "control/stop.json", |t| {
+            serde_json::from_str::<StopRequest>(t)
+        })
+        .await
     }
 }
 

@@ -30,6 +30,16 @@ impl Local {
     }
 }
 
+/// Record in `s` the end its agent can no longer write: `end` at `ended_at`, the "VM" being
+/// the agent's own exit.
+fn end_for_the_agent(s: &mut RunStatus, end: EndInfo, ended_at: DateTime<Utc>, now: DateTime<Utc>) {
+    s.phase = Phase::Ended;
+    s.updated_at = now;
+    s.ended_at = Some(ended_at);
+    s.end = Some(end);
+    s.vm = Some(VmFate::LocalExit);
+}
+
 fn machine(r: &AgentRecord) -> Machine {
     Machine {
         run: r.run_id.to_string(),
@@ -244,20 +254,21 @@ impl Provider for Local {
             .clone()
             .unwrap_or_else(|| RunStatus::launching(run.clone(), rec.started_at, 0.0));
         let last_seen = s.updated_at.min(now);
-        s.phase = Phase::Ended;
-        s.updated_at = now;
-        s.ended_at = Some(last_seen);
-        s.end = Some(EndInfo {
-            reason: EndReason::Lost,
-            exit_code: None,
-            signal: None,
-            message: format!(
-                "the local agent (pid {}) exited without recording an end (its log: {}); closed by {by}",
-                rec.pid,
-                rec.agent_log.display()
-            ),
-        });
-        s.vm = Some(VmFate::LocalExit);
+        end_for_the_agent(
+            &mut s,
+            EndInfo {
+                reason: EndReason::Lost,
+                exit_code: None,
+                signal: None,
+                message: format!(
+                    "the local agent (pid {}) exited without recording an end (its log: {}); closed by {by}",
+                    rec.pid,
+                    rec.agent_log.display()
+                ),
+            },
+            last_seen,
+            now,
+        );
         // The job may outlive its agent: nothing would ship its output or end it now.
         let killed =
             crate::local::kill_leftovers(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
@@ -304,16 +315,17 @@ impl Provider for Local {
         runs::write_stop_request(store, run, by, now, "stop --now").await?;
         let n = crate::local::kill_session(&rec).map_err(|e| RunsError::Other(e.to_string()))?;
         if let Some(mut s) = v.status.clone().filter(|s| !s.phase.is_terminal()) {
-            s.phase = Phase::Ended;
-            s.updated_at = now;
-            s.ended_at = Some(now);
-            s.end = Some(EndInfo {
-                reason: EndReason::Stopped,
-                exit_code: None,
-                signal: Some(9),
-                message: format!("stop --now by {by}: the local agent and its job were killed"),
-            });
-            s.vm = Some(VmFate::LocalExit);
+            end_for_the_agent(
+                &mut s,
+                EndInfo {
+                    reason: EndReason::Stopped,
+                    exit_code: None,
+                    signal: Some(9),
+                    message: format!("stop --now by {by}: the local agent and its job were killed"),
+                },
+                now,
+                now,
+            );
             store.docs().put_status(&s).await?;
         }
         writeln!(
