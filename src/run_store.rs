@@ -50,7 +50,7 @@ pub struct Versioned<T> {
 }
 
 /// The run documents under one store's layout.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RunStore {
     pub storage: Arc<dyn Storage>,
     pub layout: Layout,

@@ -219,8 +219,7 @@ pub async fn next_seq(storage: &dyn Storage, prefix: &str, now: DateTime<Utc>) -
 /// The log shipping task's state.
 #[derive(Debug)]
 pub struct LogShipper {
-    storage: Arc<dyn Storage>,
-    layout: Layout,
+    docs: RunStore,
     run: RunId,
     seq: u64,
     pending: Vec<u8>,
@@ -260,8 +259,7 @@ impl LogShipper {
             .as_ref()
             .and_then(|p| console_writer(p.clone()));
         LogShipper {
-            storage,
-            layout,
+            docs: RunStore::new(storage, layout),
             run,
             seq,
             pending: Vec::new(),
@@ -360,7 +358,7 @@ impl LogShipper {
                 end = i + 1;
             }
         }
-        let key = self.layout.log_chunk(&self.run, self.seq);
+        let key = self.docs.layout.log_chunk(&self.run, self.seq);
         let mut chunk = joblog::chunk_header();
         chunk.extend_from_slice(&self.pending[..end]);
         let data = Bytes::from(chunk);
@@ -372,8 +370,10 @@ impl LogShipper {
                 offsets,
             }));
         }
-        let docs = RunStore::new(self.storage.clone(), self.layout.clone());
-        let r = docs.put_log_chunk(&self.run, self.seq, data, budget).await;
+        let r = self
+            .docs
+            .put_log_chunk(&self.run, self.seq, data, budget)
+            .await;
         match r {
             Ok(_) => {
                 self.pending.drain(..end);

@@ -268,15 +268,16 @@ async fn read_status(
 ) -> RunStatus {
     let run = &spec.run_id;
     let docs = RunStore::new(deps.storage.clone(), deps.layout.clone());
-    let mut status = match docs.status(run).await {
-        Ok(s) => s.map(|s| s.doc),
-        Err(_) => None,
-    }
-    .unwrap_or_else(|| {
-        let mut s = RunStatus::launching(run.clone(), now, spec.price.usd_per_hour);
-        s.launched_at = None;
-        s
-    });
+    let mut status = docs
+        .status_doc(run)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let mut s = RunStatus::launching(run.clone(), now, spec.price.usd_per_hour);
+            s.launched_at = None;
+            s
+        });
     status.agent_started_at = Some(state.agent_started_at);
     status.usd_per_hour = spec.price.usd_per_hour;
     status.budget_usd = spec.policies.budget_usd;
