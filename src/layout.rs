@@ -136,6 +136,41 @@ impl Layout {
         self.key(&format!("runs/{run}/outputs/"))
     }
 
+    /// Where node `node` of a run on several VMs mirrors its output folders: node 0 into
+    /// `runs/<id>/outputs/` (as on one VM), node k ≥ 1 into `runs/<id>/outputs/node-<k>/`,
+    /// so that a path two nodes write is kept twice, never overwritten (the documented
+    /// rule; on resume a node restores `outputs/` and then its own `node-<k>/` over it).
+    pub fn node_outputs_prefix(&self, run: &RunId, node: u32) -> String {
+        if node == 0 {
+            self.outputs_prefix(run)
+        } else {
+            format!("{}node-{node}/", self.outputs_prefix(run))
+        }
+    }
+
+    /// Where node `node` ships the job's log chunks: node 0 to `runs/<id>/logs/` (as on
+    /// one VM), node k ≥ 1 to `runs/<id>/nodes/<k>/logs/`; `logs` prefixes each line
+    /// with its node.
+    pub fn node_logs_prefix(&self, run: &RunId, node: u32) -> String {
+        if node == 0 {
+            self.logs_prefix(run)
+        } else {
+            self.key(&format!("runs/{run}/nodes/{node}/logs/"))
+        }
+    }
+
+    /// `runs/<id>/nodes/<k>/node.json`: one node's own report (its attempt, phase, GPU
+    /// idleness, heartbeat), read by the other nodes of the run.
+    pub fn node_doc(&self, run: &RunId, node: u32) -> String {
+        self.key(&format!("runs/{run}/nodes/{node}/node.json"))
+    }
+
+    /// `runs/<id>/nodes/barrier/<attempt>/`: the nodes' "ready" markers for one round of
+    /// attempts; the job starts on every node once all have theirs there.
+    pub fn barrier_prefix(&self, run: &RunId, round: u32) -> String {
+        self.key(&format!("runs/{run}/nodes/barrier/{round}/"))
+    }
+
     /// The run id a key under `runs/` belongs to, if any.
     pub fn run_of_key(&self, key: &str) -> Option<RunId> {
         let rest = key.strip_prefix(&self.runs_prefix())?;
@@ -175,6 +210,30 @@ mod tests {
             Layout::new("").spec(&run()),
             "runs/20261126-071500-ab12/spec.json"
         );
+    }
+
+    #[test]
+    fn node_zero_keeps_the_one_vm_keys_and_other_nodes_get_their_own() {
+        let l = Layout::new("p/");
+        assert_eq!(l.node_outputs_prefix(&run(), 0), l.outputs_prefix(&run()));
+        assert_eq!(l.node_logs_prefix(&run(), 0), l.logs_prefix(&run()));
+        assert_eq!(
+            l.node_outputs_prefix(&run(), 2),
+            "p/runs/20261126-071500-ab12/outputs/node-2/"
+        );
+        assert_eq!(
+            l.node_logs_prefix(&run(), 1),
+            "p/runs/20261126-071500-ab12/nodes/1/logs/"
+        );
+        assert_eq!(
+            l.node_doc(&run(), 1),
+            "p/runs/20261126-071500-ab12/nodes/1/node.json"
+        );
+        assert_eq!(
+            l.barrier_prefix(&run(), 3),
+            "p/runs/20261126-071500-ab12/nodes/barrier/3/"
+        );
+        assert_eq!(l.run_of_key(&l.node_doc(&run(), 1)), Some(run()));
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub const DEFAULT_FINAL_SYNC_SECS: u64 = 300;
 /// plan carries before it ends the run as `gpu_unavailable`: a first-boot driver install
 /// and the reboot it may need fit in 10 minutes.
 pub const DEFAULT_GPU_READY_SECS: u64 = 600;
+/// The most retries Cloud Batch allows a task (`maxRetryCount`, reference/batch.md §2).
+pub const MAX_BATCH_RETRIES: u32 = 10;
+/// Restarts of a preempted Batch run when the user gives no `--max-restarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// Fraction of the budget at which a warning is written to the status and the logs.
 pub const BUDGET_WARN_FRACTION: f64 = 0.8;
 
@@ -87,6 +91,10 @@ pub struct RunSpec {
     /// Informational for the agent. Absent in specs written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// `--resume-from RUN`: before setup and job, the agent restores that run's outputs
+    /// into the output folders (a Batch retry restores this run's own outputs as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<RunId>,
 }
 
 /// The machine and project folder a run was launched from.
@@ -122,6 +130,44 @@ pub struct JobSpec {
     /// Directories (relative to `workdir`) mirrored to `runs/<id>/outputs/<dir>/`.
     #[serde(default = "default_output_dirs")]
     pub output_dirs: Vec<String>,
+    /// How the command starts on each node of a run on several VMs
+    /// (`placement.nodes > 1`); ignored on one VM.
+    #[serde(default, skip_serializing_if = "Nodes::is_single")]
+    pub nodes: Nodes,
+}
+
+/// A run on several VMs: `count` Batch tasks, one per VM, started together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nodes {
+    /// VMs in the run (1: a plain run).
+    pub count: u32,
+    /// Start the command through `torchrun` with `--nnodes`, `--nproc-per-node` (the
+    /// GPUs per VM), `--node-rank`, `--master-addr` and `--master-port`; `false` runs it
+    /// as given with `NODE_RANK`, `NNODES`, `MASTER_ADDR` and `MASTER_PORT` set.
+    pub torchrun: bool,
+    /// The rendezvous port on node 0.
+    pub master_port: u16,
+}
+
+/// The rendezvous port `torchrun` and PyTorch use by default.
+pub const DEFAULT_MASTER_PORT: u16 = 29500;
+
+impl Default for Nodes {
+    fn default() -> Self {
+        Nodes {
+            count: 1,
+            torchrun: true,
+            master_port: DEFAULT_MASTER_PORT,
+        }
+    }
+}
+
+impl Nodes {
+    /// One VM: nothing to say in a spec.
+    pub fn is_single(&self) -> bool {
+        self.count <= 1
+    }
 }
 
 fn default_workdir() -> String {
@@ -247,6 +293,20 @@ pub struct Placement {
     pub gpu: Option<String>,
     pub gpu_count: u32,
     pub spot: bool,
+    /// Batch: the job's resource name (`projects/P/locations/R/jobs/ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Batch: the region the job runs in (any of its zones that has the GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Batch: how many times a preempted attempt is run again (`--max-restarts`,
+    /// `maxRetryCount`, 0–10).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where the "VM" is.
@@ -258,6 +318,17 @@ pub enum Provider {
     Gce,
     /// A detached agent on the user's machine (`--local`).
     Local,
+    /// A Cloud Batch job: its tasks run the agent in the foreground on VMs Batch owns;
+    /// a preempted attempt is retried, and the agent never deletes its VM.
+    Batch,
+}
+
+impl Provider {
+    /// Whether the run executes on a cloud VM (GPU wait, metadata server, billing from
+    /// the VM's start).
+    pub fn is_cloud(self) -> bool {
+        self != Provider::Local
+    }
 }
 
 /// The GPUs the agent waits for before setup and job ([`RunSpec::gpu_wait`]).
@@ -277,7 +348,7 @@ impl RunSpec {
     pub fn gpu_wait(&self) -> Option<GpuWait<'_>> {
         let p = &self.placement;
         let window_secs = self.policies.gpu_ready_secs;
-        (p.provider == Provider::Gce && p.gpu_count > 0 && window_secs > 0).then_some(GpuWait {
+        (p.provider.is_cloud() && p.gpu_count > 0 && window_secs > 0).then_some(GpuWait {
             count: p.gpu_count,
             accelerator: p.gpu.as_deref().filter(|g| !g.is_empty()),
             window_secs,
@@ -372,6 +443,18 @@ impl RunSpec {
         {
             return bad("policies.intervals: every interval must be at least 1 second".into());
         }
+        if self.job.nodes.count == 0 {
+            return bad("job.nodes.count must be at least 1".into());
+        }
+        if self.job.nodes.count > 1 && self.placement.provider != Provider::Batch {
+            return bad("job.nodes.count > 1 needs placement.provider = batch".into());
+        }
+        if self.placement.max_restarts > MAX_BATCH_RETRIES {
+            return bad(format!(
+                "placement.max_restarts {} is more than Batch allows ({MAX_BATCH_RETRIES})",
+                self.placement.max_restarts
+            ));
+        }
         if !(self.price.usd_per_hour.is_finite() && self.price.usd_per_hour >= 0.0) {
             return bad(format!(
                 "price.usd_per_hour {} must be a non-negative amount",
@@ -404,6 +487,7 @@ pub(crate) mod tests {
                 env: [("BATCHSIZE".to_string(), "256".to_string())].into(),
                 user: Some("trainer".into()),
                 output_dirs: default_output_dirs(),
+                nodes: Nodes::default(),
             },
             policies: Policies::default(),
             price: PriceQuote {
@@ -420,6 +504,7 @@ pub(crate) mod tests {
             },
             webhook: None,
             origin: None,
+            resume_from: None,
         }
     }
 
@@ -475,6 +560,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_batch_run_on_two_nodes_round_trips_and_a_plain_spec_does_not_mention_nodes() {
+        let plain = sample().to_json();
+        for absent in ["nodes", "resume_from", "max_restarts", "region"] {
+            assert!(!plain.contains(absent), "{absent} in {plain}");
+        }
+        let mut s = sample();
+        s.placement.provider = Provider::Batch;
+        s.placement.region = Some("us-central1".into());
+        s.placement.job = Some("projects/p/locations/us-central1/jobs/cloudrun-x".into());
+        s.placement.max_restarts = DEFAULT_MAX_RESTARTS;
+        s.job.nodes = Nodes {
+            count: 2,
+            torchrun: false,
+            master_port: 29400,
+        };
+        s.resume_from = Some(RunId::parse("20261125-010203-cd34").unwrap());
+        let back = RunSpec::from_json(&s.to_json()).unwrap();
+        assert_eq!(back, s);
+        assert!(
+            back.gpu_wait().is_some(),
+            "Batch VMs wait for their GPUs too"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_so_no_policy_is_silently_ignored() {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["policies"]["gpu_budget_hours"] = 3.into();
@@ -509,6 +619,15 @@ pub(crate) mod tests {
                 "stall_window_secs",
             ),
             (|s| s.policies.final_sync_secs = 0, "final_sync_secs"),
+            (|s| s.job.nodes.count = 0, "job.nodes.count"),
+            (|s| s.job.nodes.count = 2, "placement.provider = batch"),
+            (
+                |s| {
+                    s.placement.provider = Provider::Batch;
+                    s.placement.max_restarts = MAX_BATCH_RETRIES + 1;
+                },
+                "max_restarts",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut s = sample();

@@ -33,6 +33,9 @@ pub enum Phase {
     Running,
     /// A stop was decided: the job is being signalled and outputs synced.
     Stopping,
+    /// Batch: this attempt ended (its VM was preempted, or a peer node was lost) and
+    /// Batch runs the task again on a new VM, which resumes from the synced outputs.
+    Retrying,
     /// The run is over; `end` says why.
     Ended,
 }
@@ -83,6 +86,10 @@ pub enum EndReason {
     Lost,
     /// The agent hit an error it could not recover from.
     AgentError,
+    /// Batch, several nodes: another node of the run was lost (preempted), so this node
+    /// stopped its part too, for all of them to be retried together. Ends an attempt,
+    /// not a run.
+    PeerLost,
 }
 
 /// What is derived from an end reason: one row each, in [`EndReason::row`].
@@ -115,6 +122,7 @@ impl EndReason {
             EndReason::Lost => row(8, "job lost (agent restarted)"),
             EndReason::AgentError => row(8, "agent error"),
             EndReason::GpuUnavailable => row(9, "GPUs unavailable"),
+            EndReason::PeerLost => row(crate::contract::EXIT_RETRY, "a peer node was lost"),
         }
     }
 
@@ -198,6 +206,9 @@ pub enum VmFate {
     PoweredOff,
     /// A local run: the agent process exited.
     LocalExit,
+    /// A Batch run: the agent exited with its end reason's code and Batch deletes the
+    /// job's VMs.
+    LeftToBatch,
 }
 
 /// The agent's delete of its own VM, recorded before the call (the delete may end the
@@ -211,6 +222,29 @@ pub struct DeleteRecord {
     /// The operation Compute answered with, once it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+}
+
+/// One Batch attempt of one node: a VM that ran the task until it ended or was lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The node (`BATCH_TASK_INDEX`; 0 on one VM).
+    pub node: u32,
+    /// `BATCH_TASK_RETRY_ATTEMPT`: 0 for the first.
+    pub attempt: u32,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub vm: String,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs (or when its VM vanished before the agent could say).
+    #[serde(default)]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `preempted`, `peer_lost`, or the run's end reason for the last attempt.
+    #[serde(default)]
+    pub reason: Option<EndReason>,
+    /// Seconds billed for this attempt's VM (1-minute minimum).
+    #[serde(default)]
+    pub billed_secs: u64,
 }
 
 /// `runs/<id>/status.json`.
@@ -280,6 +314,10 @@ pub struct RunStatus {
     /// When the final sync (outputs, then logs and metrics) began, after the job stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_sync_started_at: Option<DateTime<Utc>>,
+    /// Batch: every attempt of every node so far, in the order they started; budget
+    /// and time limit count them all, and the receipt sums their billed seconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
     /// Fields written by a newer agent, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -315,6 +353,7 @@ impl RunStatus {
             warnings: Vec::new(),
             phase_started_at: BTreeMap::new(),
             final_sync_started_at: None,
+            attempts: Vec::new(),
             extra: BTreeMap::new(),
         }
     }

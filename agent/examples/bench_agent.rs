@@ -182,6 +182,7 @@ fn main() {
             env: [("BENCH_MARK".to_string(), mark.display().to_string())].into(),
             user: None,
             output_dirs: vec!["checkpoint".into()],
+            nodes: Default::default(),
         },
         policies,
         price: PriceQuote {
@@ -195,6 +196,7 @@ fn main() {
         },
         webhook: None,
         origin: None,
+        resume_from: None,
     };
     let spec_path = tmp.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_json()).unwrap();

@@ -345,14 +345,14 @@ pub fn store(settings: &Settings) -> Result<StoreUrl, Problems> {
                 None
             }
         },
-        (Ok(Provider::Gce), None) => {
+        (Ok(Provider::Gce | Provider::Batch), None) => {
             problems.push(format!(
                 "GCS_DIR is not set: {}",
                 how_to_set("gcs_dir", "gs://my-bucket/cloudrun")
             ));
             None
         }
-        (Ok(Provider::Gce), Some(s)) => match StoreUrl::parse(&s.value) {
+        (Ok(Provider::Gce | Provider::Batch), Some(s)) => match StoreUrl::parse(&s.value) {
             Ok(u) => Some(u),
             Err(e) => {
                 problems.push(format!("{e} (from {})", s.source));
@@ -709,6 +709,7 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
             env,
             user: None,
             output_dirs,
+            nodes: Default::default(),
         },
         policies: {
             let base = file_policies(settings);
@@ -730,6 +731,7 @@ pub fn build_local(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<Local
         },
         webhook: None,
         origin: Some(origin(settings, inputs)),
+        resume_from: None,
     };
     if let Err(e) = spec.validate() {
         return Err(Problems(vec![e.to_string()]));
@@ -1047,6 +1049,7 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             env,
             user: Some(user.to_string()),
             output_dirs,
+            nodes: Default::default(),
         },
         policies: Policies {
             gpu_idle: idle,
@@ -1064,9 +1067,11 @@ pub fn build(settings: &Settings, inputs: &PlanInputs<'_>) -> Result<LaunchPlan,
             gpu: Some(hardware.gpu.accelerator().to_string()),
             gpu_count: hardware.count,
             spot,
+            ..Placement::default()
         },
         webhook: None,
         origin: Some(origin(settings, inputs)),
+        resume_from: None,
     };
     if let Err(e) = spec.validate() {
         return Err(Problems(vec![e.to_string()]));

@@ -335,6 +335,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Setup => "setup",
         Phase::Running => "running",
         Phase::Stopping => "stopping",
+        Phase::Retrying => "retrying",
         Phase::Ended => "ended",
     }
 }
